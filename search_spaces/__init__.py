@@ -1,0 +1,1 @@
+# search spaces shipped with autotune (mapped to the package autotune.search_spaces)
