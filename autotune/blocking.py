@@ -1,0 +1,458 @@
+"""Block partitions of a problem, derived with SymPy's ``blockcut`` and ``block_collapse``.
+
+Given how many blocks each dimension is cut into, every input is cut into blocks
+(``blockcut``), each block becoming a symbol that keeps what the derivation needs to know:
+diagonal blocks of SPD matrices are SPD, the upper blocks of a symmetric matrix are transposes
+of the lower ones, blocks above a lower-triangular diagonal (and off a diagonal matrix's
+diagonal) are zero, an identity is cut into identities and zeros. Every inverted
+sub-expression becomes a named intermediate (a *let*) so that its properties survive blocking;
+the inverse of a 2x2-blocked SPD let goes through Schur complements, which are registered as
+SPD so blocked plans can still use Cholesky.
+
+The result is independent of the concrete sizes (blocks have symbolic sizes ``n_0, n_1, ...``)
+and is cached in memory and on disk, written in the formula language and read back with the
+safe parser (never ``eval`` or pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sympy as sp
+from sympy.matrices.expressions import (
+    BlockMatrix,
+    Identity,
+    Inverse,
+    MatAdd,
+    MatMul,
+    MatrixExpr,
+    MatrixSymbol,
+    Transpose,
+    ZeroMatrix,
+    block_collapse,
+    blockcut,
+)
+
+from .errors import KnobError
+from .formula import parse_formula
+from .properties import (
+    DIAGONAL,
+    IDENTITY,
+    LOWER,
+    PD,
+    PSD,
+    SYMMETRIC,
+    UPPER,
+    FactBase,
+    canonical,
+    split_coeff,
+)
+from .spec import Problem, _formula_text
+
+__all__ = ["Blocked", "block_problem", "factor_common", "cache_dir"]
+
+CACHE_VERSION = 4
+
+
+@dataclass
+class Blocked:
+    """A blocked problem: per-output block grids of expressions over block symbols."""
+
+    blocks: dict[str, int]
+    size_symbols: dict[str, list[sp.Symbol]]  # dim -> block-size symbols (or [dim symbol])
+    slices: dict[sp.Basic, tuple[str, int, int]]  # block symbol -> (input, row blk, col blk)
+    lets: list[tuple[sp.Basic, sp.Basic]]  # (let symbol or block symbol, value expression)
+    let_labels: dict[sp.Basic, str]  # canonical inverted expression -> solver label
+    outputs: dict[str, list[list[sp.Basic]]]  # output -> grid of block expressions
+    facts: list[tuple[sp.Basic, tuple[str, ...]]] = field(default_factory=list)
+    symmetric_lets: set[str] = field(default_factory=set)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("AUTOTUNE_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autotune"
+
+
+def _sizes(problem: Problem, blocks: dict[str, int]) -> dict[str, list[sp.Symbol]]:
+    out: dict[str, list[sp.Symbol]] = {}
+    for d, sym in problem.dim_symbols.items():
+        b = blocks.get(d, 1)
+        out[d] = [sym] if b == 1 else [
+            sp.Symbol(f"{d}_{i}", integer=True, positive=True) for i in range(b)
+        ]
+    return out
+
+
+def _dim_sizes(size: sp.Basic, sizes: dict[str, list[sp.Symbol]]) -> list[sp.Basic]:
+    if isinstance(size, sp.Symbol) and size.name in sizes:
+        return list(sizes[size.name])
+    return [size]
+
+
+def _cut(
+    name: str,
+    sym: MatrixSymbol,
+    facts: frozenset[str],
+    rows: list[sp.Basic],
+    cols: list[sp.Basic],
+    fb: FactBase,
+    slices: dict[sp.Basic, tuple[str, int, int]],
+    registered: list[tuple[sp.Basic, tuple[str, ...]]],
+) -> BlockMatrix:
+    cut = blockcut(sym, tuple(rows), tuple(cols))  # a BlockMatrix of MatrixSlices
+    same_dim = sym.shape[0] == sym.shape[1]
+    symbols: dict[tuple[int, int], sp.Basic] = {}
+    cells: dict[tuple[int, int], sp.Basic] = {}
+    # lower blocks first: the upper blocks of a symmetric matrix are their transposes
+    order = sorted(
+        ((i, j) for i in range(len(rows)) for j in range(len(cols))),
+        key=lambda ij: (ij[0] < ij[1], ij),
+    )
+    for i, j in order:
+        r, c = rows[i], cols[j]
+        diag = same_dim and i == j
+        assert cut.blocks[i, j].shape == (r, c)
+        if IDENTITY in facts:
+            cells[(i, j)] = Identity(r) if diag else ZeroMatrix(r, c)
+            continue
+        if same_dim and (
+            (DIAGONAL in facts and not diag)
+            or (LOWER in facts and i < j)
+            or (UPPER in facts and i > j)
+        ):
+            cells[(i, j)] = ZeroMatrix(r, c)
+            continue
+        if same_dim and SYMMETRIC in facts and i < j:
+            cells[(i, j)] = Transpose(symbols[(j, i)])
+            continue
+        block = MatrixSymbol(f"{name}_{i}_{j}", r, c)
+        symbols[(i, j)] = block
+        slices[block] = (name, i, j)
+        props: set[str] = set()
+        if diag:
+            props |= {p for p in facts if p in (SYMMETRIC, PD, PSD, LOWER, UPPER, DIAGONAL)}
+        fb.declare(block, props)
+        registered.append((block, tuple(sorted(props))))
+        cells[(i, j)] = block
+    grid = [[cells[(i, j)] for j in range(len(cols))] for i in range(len(rows))]
+    return BlockMatrix(grid)
+
+
+def _as_grid(e: sp.Basic) -> list[list[sp.Basic]]:
+    if isinstance(e, BlockMatrix):
+        b = e.blocks
+        return [[b[i, j] for j in range(b.shape[1])] for i in range(b.shape[0])]
+    return [[e]]
+
+
+def _collapse(e: sp.Basic) -> list[list[sp.Basic]]:
+    """``block_collapse`` and return the grid, merging nested 1x1 block matrices."""
+    out = block_collapse(e)
+    grid = _as_grid(out)
+    return [[_unwrap(x) for x in row] for row in grid]
+
+
+def _unwrap(e: sp.Basic) -> sp.Basic:
+    while isinstance(e, BlockMatrix) and e.blocks.shape == (1, 1):
+        e = e.blocks[0, 0]
+    if isinstance(e, BlockMatrix):
+        return e
+    if e.args and isinstance(e, MatrixExpr) and not isinstance(e, MatrixSymbol):
+        new = [(_unwrap(a) if isinstance(a, MatrixExpr) else a) for a in e.args]
+        if new != list(e.args):
+            return e.func(*new)
+    return e
+
+
+def factor_common(expr: sp.Basic) -> sp.Basic:
+    """Undo the distribution that ``block_collapse`` does: ``A*X + A*Y -> A*(X + Y)`` and
+    ``X*B + Y*B -> (X + Y)*B``, recursively, so shared operands are computed once."""
+    if isinstance(expr, MatMul):
+        c, mats = split_coeff(expr)
+        new = [factor_common(m) for m in mats]
+        return MatMul(c, *new) if c != 1 else (new[0] if len(new) == 1 else MatMul(*new))
+    if isinstance(expr, (Inverse, Transpose)):
+        return expr.func(factor_common(expr.arg))
+    if not isinstance(expr, MatAdd):
+        return expr
+    terms = [split_coeff(t) for t in expr.args]
+    for side in ("left", "right"):
+        groups: dict[sp.Basic, list[int]] = {}
+        for idx, (_, mats) in enumerate(terms):
+            if len(mats) < 2:
+                continue
+            key = mats[0] if side == "left" else mats[-1]
+            groups.setdefault(key, []).append(idx)
+        best = max(groups.values(), key=len, default=[])
+        if len(best) < 2:
+            continue
+        # longest common prefix/suffix of the group
+        seqs = [terms[i][1] if side == "left" else terms[i][1][::-1] for i in best]
+        common = 0
+        while all(len(s) > common + 1 for s in seqs) and all(
+            s[common] == seqs[0][common] for s in seqs
+        ):
+            common += 1
+        shared = seqs[0][:common]
+        # pull a common sign out: -A*X - A*Y -> -(A*(X + Y)), so the inner sum keeps the
+        # form (and the canonical key) it has elsewhere
+        sign = -1 if all(terms[i][0].is_number and terms[i][0] < 0 for i in best) else 1
+        inner_terms = []
+        for i, s in zip(best, seqs, strict=True):
+            rest = s[common:] if side == "left" else s[common:][::-1]
+            coeff = terms[i][0] * sign
+            prod = rest[0] if len(rest) == 1 else MatMul(*rest)
+            inner_terms.append(prod if coeff == 1 else MatMul(coeff, prod))
+        inner = factor_common(MatAdd(*inner_terms).doit(deep=False))
+        factors = list(shared) + [inner] if side == "left" else [inner] + list(shared[::-1])
+        grouped = MatMul(*factors) if sign == 1 else MatMul(-1, *factors)
+        others = [expr.args[i] for i in range(len(terms)) if i not in best]
+        return factor_common(MatAdd(grouped, *others)) if others else grouped
+    return MatAdd(*[factor_common(t) for t in expr.args]).doit(deep=False)
+
+
+def _inverses(e: sp.Basic) -> list[sp.Basic]:
+    """Inverted sub-expressions, innermost first."""
+    out: list[sp.Basic] = []
+    for node in sp.postorder_traversal(e):
+        if isinstance(node, Inverse) and node.arg not in out:
+            out.append(node.arg)
+    return out
+
+
+def inverse_labels(problem: Problem, fb: FactBase) -> dict[sp.Basic, str]:
+    """A solver label for every distinct inverted sub-expression: the name of the definition
+    it equals, else ``inv1``, ``inv2``, ... in order of appearance."""
+    by_expr = {canonical(problem.expressions[d], fb): d for d in problem.definitions}
+    labels: dict[sp.Basic, str] = {}
+    count = 0
+    for name in problem.outputs:
+        for x in _inverses(problem.expressions[name]):
+            key = canonical(x, fb)
+            if key in labels:
+                continue
+            if key in by_expr:
+                labels[key] = by_expr[key]
+            else:
+                count += 1
+                labels[key] = f"inv{count}"
+    return labels
+
+
+def block_problem(problem: Problem, blocks: dict[str, int], fb: FactBase) -> Blocked:
+    """Block every input along the blocked dims and collapse the outputs (cached)."""
+    key = _cache_key(problem, blocks)
+    cached = _MEMORY.get(key)
+    if cached is None:
+        cached = _load(problem, blocks, key, fb)
+        if cached is None:
+            cached = _derive(problem, blocks, fb)
+            _store(key, cached)
+        _MEMORY[key] = cached
+    for sym, props in cached.facts:
+        if isinstance(sym, MatrixSymbol):
+            fb.declare(sym, props)
+        else:
+            fb.register(sym, props)
+    return cached
+
+
+_MEMORY: dict[str, Blocked] = {}
+
+
+def _derive(
+    problem: Problem, blocks: dict[str, int], fb: FactBase, collapse: bool = True
+) -> Blocked:
+    """Block and collapse; with ``collapse=False`` only the symbols and facts are built (the
+    cheap part, used when the collapsed formulas come from the cache)."""
+    sizes = _sizes(problem, blocks)
+    slices: dict[sp.Basic, tuple[str, int, int]] = {}
+    registered: list[tuple[sp.Basic, tuple[str, ...]]] = []
+    subs: dict[sp.Basic, sp.Basic] = {}
+    for name, sym in problem.symbols.items():
+        if not isinstance(sym, MatrixSymbol):
+            continue
+        rows = _dim_sizes(sym.shape[0], sizes)
+        cols = _dim_sizes(sym.shape[1], sizes)
+        subs[sym] = _cut(name, sym, fb.facts(sym), rows, cols, fb, slices, registered)
+    labels = inverse_labels(problem, fb)
+
+    # identities of blocked dims
+    def block_identity(e: sp.Basic) -> sp.Basic:
+        if isinstance(e, Identity):
+            parts = _dim_sizes(e.shape[0], sizes)
+            if len(parts) > 1:
+                return BlockMatrix(
+                    [[Identity(r) if i == j else ZeroMatrix(r, c) for j, c in enumerate(parts)]
+                     for i, r in enumerate(parts)]
+                )
+        return e
+
+    lets: list[tuple[sp.Basic, sp.Basic]] = []
+    let_labels: dict[sp.Basic, str] = {}
+    let_subs: dict[sp.Basic, sp.Basic] = {}  # Inverse(X) -> Inverse(let block matrix)
+    symmetric_lets: set[str] = set()
+    exprs = {o: problem.expressions[o] for o in problem.outputs}
+    all_inverted: list[sp.Basic] = []
+    for e in exprs.values():
+        for x in _inverses(e):
+            if x not in all_inverted:
+                all_inverted.append(x)
+    for x in all_inverted:
+        label = labels.get(canonical(x, fb), "inv")
+        facts = fb.facts(x)
+        value = x.xreplace(let_subs)
+        rows = _dim_sizes(x.shape[0], sizes)
+        if len(rows) > 2:
+            raise KnobError(
+                f"blocks: {label} is inverted and would be cut into {len(rows)} blocks; "
+                "inverted matrices can be cut into at most 2 blocks"
+            )
+        let = MatrixSymbol(label, x.shape[0], x.shape[1])
+        if collapse:
+            value_grid = _collapse(_block_inputs(value, subs, block_identity))
+            value_grid = [[factor_common(v) for v in row] for row in value_grid]
+        else:
+            value_grid = [[ZeroMatrix(r, c) for c in rows] for r in rows]
+        sym_let = SYMMETRIC in facts
+        if sym_let:
+            symmetric_lets.add(label)
+        lsyms: dict[tuple[int, int], sp.Basic] = {}
+        cells: dict[tuple[int, int], sp.Basic] = {}
+        order = sorted(
+            ((i, j) for i in range(len(rows)) for j in range(len(rows))),
+            key=lambda ij: (ij[0] < ij[1], ij),
+        )
+        for i, j in order:
+            r, c = rows[i], rows[j]
+            if sym_let and i < j:
+                cells[(i, j)] = Transpose(lsyms[(j, i)])
+                continue
+            b = let if len(rows) == 1 else MatrixSymbol(f"{label}_{i}_{j}", r, c)
+            props = set(facts) if len(rows) == 1 else (
+                {p for p in facts if p in (SYMMETRIC, PD, PSD)} if i == j else set()
+            )
+            fb.declare(b, props)
+            registered.append((b, tuple(sorted(props))))
+            lsyms[(i, j)] = b
+            lets.append((b, value_grid[i][j]))
+            cells[(i, j)] = b
+        grid = [[cells[(i, j)] for j in range(len(rows))] for i in range(len(rows))]
+        let_labels[canonical(let, fb)] = label
+        if len(rows) == 2:
+            a, bt, d = grid[0][0], grid[1][0], grid[1][1]
+            b = grid[0][1]
+            for schur, inner in ((d - bt * Inverse(a) * b, a), (a - b * Inverse(d) * bt, d)):
+                if PD in facts:
+                    fb.register(schur, {PD})
+                    registered.append((schur, (PD,)))
+                let_labels[canonical(schur, fb)] = label
+                let_labels[canonical(inner, fb)] = label
+            if collapse:
+                let_subs[Inverse(x)] = BlockMatrix(_collapse(Inverse(BlockMatrix(grid))))
+        else:
+            let_subs[Inverse(x)] = Inverse(let)
+    outputs: dict[str, list[list[sp.Basic]]] = {}
+    for name, e in exprs.items():
+        if not collapse:
+            continue
+        replaced = e.xreplace(let_subs)
+        grid = _collapse(_block_inputs(replaced, subs, block_identity))
+        outputs[name] = [[factor_common(v) for v in row] for row in grid]
+    return Blocked(
+        blocks=dict(blocks),
+        size_symbols=sizes,
+        slices=slices,
+        lets=lets,
+        let_labels=let_labels,
+        outputs=outputs,
+        facts=registered,
+        symmetric_lets=symmetric_lets,
+    )
+
+
+def _block_inputs(e: sp.Basic, subs: dict[sp.Basic, sp.Basic], block_identity) -> sp.Basic:
+    """Replace every input by its block matrix; wrap unblocked matrices as 1x1 blocks so that
+    ``block_collapse`` sees block matrices throughout."""
+    def rep(node: sp.Basic) -> sp.Basic:
+        if node in subs:
+            return subs[node]
+        if isinstance(node, Identity):
+            return block_identity(node)
+        if isinstance(node, BlockMatrix):
+            return node
+        if isinstance(node, MatrixSymbol):
+            return BlockMatrix([[node]])
+        if not node.args or not isinstance(node, MatrixExpr):
+            return node
+        return node.func(*[rep(a) if isinstance(a, MatrixExpr) else a for a in node.args])
+
+    return rep(e)
+
+
+# -- cache -------------------------------------------------------------------------------
+
+
+def _cache_key(problem: Problem, blocks: dict[str, int]) -> str:
+    spec = json.dumps(
+        {"v": CACHE_VERSION, "sympy": sp.__version__, "problem": problem.sha256,
+         "blocks": sorted(blocks.items())},
+        sort_keys=True,
+    )
+    return hashlib.sha256(spec.encode()).hexdigest()[:24]
+
+
+def _store(key: str, b: Blocked) -> None:
+    try:
+        data = {
+            "blocks": b.blocks,
+            "lets": [[s.name, _formula_text(v)] for s, v in b.lets],
+            "outputs": {
+                o: [[_formula_text(x) for x in row] for row in grid] for o, grid in b.outputs.items()
+            },
+        }
+        d = cache_dir() / "derivations"
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        os.replace(tmp, d / f"{key}.json")
+    except Exception:  # noqa: BLE001 - a cache that cannot be written is only slower
+        pass
+
+
+def _load(problem: Problem, blocks: dict[str, int], key: str, fb: FactBase) -> Blocked | None:
+    """Rebuild the symbols deterministically and parse the cached formulas back."""
+    path = cache_dir() / "derivations" / f"{key}.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        # the symbols (blocks, lets, facts) are rebuilt by a derivation skeleton: cheap
+        skeleton = _derive_symbols(problem, blocks, fb)
+        env: dict[str, sp.Basic] = {s.name: s for s in skeleton.slices}
+        for s, _ in skeleton.lets:
+            env[s.name] = s
+        for name, sym in problem.symbols.items():
+            env.setdefault(name, sym)
+        dims = {s.name: s for syms in skeleton.size_symbols.values() for s in syms}
+        dims.update(problem.dim_symbols)
+        lets = [(env[n], parse_formula(v, env, dims, "cache")) for n, v in data["lets"]]
+        outputs = {
+            o: [[parse_formula(x, env, dims, "cache") for x in row] for row in grid]
+            for o, grid in data["outputs"].items()
+        }
+        skeleton.lets = lets
+        skeleton.outputs = outputs
+        return skeleton
+    except Exception:  # noqa: BLE001 - a stale or damaged cache entry is re-derived
+        return None
+
+
+def _derive_symbols(problem: Problem, blocks: dict[str, int], fb: FactBase) -> Blocked:
+    return _derive(problem, blocks, fb, collapse=False)

@@ -1,0 +1,614 @@
+"""Derivation: (problem, knobs) -> a :class:`~autotune.program.Program` of kernel calls.
+
+What the builder does, in the order a formula meets it:
+
+* block partitions (:mod:`autotune.blocking`), then, per block expression,
+* chains: every matrix product is a chain of factors whose parenthesization is chosen by the
+  ``order`` knob: the FLOP-optimal one (dynamic programming, aware of what is already
+  computed), left-to-right, right-to-left, or the r-th cheapest of all;
+* inverses never become explicit (except with the ``inverse`` kernel): ``inv(S)*X`` is a solve
+  from the left, ``X*inv(S)`` one from the right, with the kernel the properties allow
+  (Cholesky, triangular, diagonal, symmetric, LU); one factorization per matrix is shared by
+  every solve against it;
+* ``cholesky_split`` writes ``inv(S) = inv(L).T * inv(L)`` so that ``B.T*inv(S)*B`` becomes
+  ``W.T*W`` with ``W = inv(L)*B``: a triangular solve and a symmetric rank-k update, and
+  ``W`` is shared by every output that needs it (the Kalman filter's two outputs);
+* common subexpressions are shared by canonical form, including transposed reuse
+  (``H*Sigma`` serves as ``(Sigma*H.T).T`` when Sigma is symmetric) and sub-chains that only
+  appear after reassociation.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+import sympy as sp
+from sympy.matrices.expressions import (
+    Identity,
+    Inverse,
+    MatAdd,
+    MatMul,
+    MatPow,
+    MatrixExpr,
+    MatrixSymbol,
+    Transpose,
+    ZeroMatrix,
+)
+
+from .blocking import Blocked, block_problem, inverse_labels
+from .errors import DerivationError, KnobError
+from .program import Program, Step
+from .properties import (
+    DIAGONAL,
+    INVERTIBLE,
+    LOWER,
+    SYMMETRIC,
+    UPPER,
+    FactBase,
+    canonical,
+    split_coeff,
+)
+from .space import normalize_knobs, solver_choices
+from .spec import Problem
+
+__all__ = ["derive", "block_sizes"]
+
+SHARED_ALWAYS = ("input", "slice", "transpose", "cholesky", "eye", "zeros")
+
+
+def block_sizes(dim: str, blocks: int, cut: Any) -> dict[str, str]:
+    """Formulas for the block sizes ``dim_0 .. dim_{b-1}`` in terms of ``dim``."""
+    if blocks == 1:
+        return {}
+    if cut == "even":
+        return {
+            f"{dim}_{i}": f"({dim}*{i + 1})//{blocks} - ({dim}*{i})//{blocks}"
+            for i in range(blocks)
+        }
+    frac = Fraction(cut).limit_denominator(1000)
+    first = f"({dim}*{frac.numerator})//{frac.denominator}"
+    out = {f"{dim}_0": first}
+    rest = f"({dim} - {first})"
+    b = blocks - 1
+    for i in range(1, blocks):
+        out[f"{dim}_{i}"] = f"({rest}*{i})//{b} - ({rest}*{i - 1})//{b}"
+    return out
+
+
+def derive(
+    problem: Problem, knobs: Mapping[str, Any], dims: Mapping[str, int] | None = None
+) -> Program:
+    """Derive the program of a candidate (deterministic; cached per problem, knobs and
+    dims)."""
+    values = problem.resolve_dims(dims)
+    knobs = normalize_knobs(problem, knobs, values)
+    return _derive_cached(problem, _freeze(knobs), _freeze(values))
+
+
+def _freeze(d: Mapping[str, Any]) -> tuple:
+    return tuple(sorted(d.items()))
+
+
+@lru_cache(maxsize=256)
+def _derive_cached(problem: Problem, knobs_t: tuple, values_t: tuple) -> Program:
+    knobs = dict(knobs_t)
+    values = dict(values_t)
+    fb = problem.facts(values)
+    blocks = {d: int(knobs.get(f"blocks.{d}", 1)) for d in problem.dims}
+    sizes: dict[str, str] = {}
+    for d, b in blocks.items():
+        sizes.update(block_sizes(d, b, knobs.get(f"cut.{d}", "even")))
+    env = dict(values)
+    from .formula import parse_dim_formula
+
+    for name, formula in sizes.items():
+        env[name] = parse_dim_formula(formula, f"block size {name}")(env)
+        if env[name] < 1:
+            raise KnobError(
+                f"cut.{name.rsplit('_', 1)[0]}: block {name} would be empty at these sizes "
+                f"({', '.join(f'{k}={v}' for k, v in values.items())}); use fewer blocks or "
+                "another cut"
+            )
+    blocked = block_problem(problem, blocks, fb) if any(b > 1 for b in blocks.values()) else None
+    for name, v in env.items():
+        fb.dims[sp.Symbol(name, integer=True, positive=True)] = v
+    fb._cache.clear()
+    builder = _Builder(problem, knobs, fb, blocked)
+    program = builder.build()
+    return Program(
+        program.steps,
+        program.inputs,
+        program.outputs,
+        sizes,
+        {"knobs": knobs, "blocks": blocks},
+    )
+
+
+@dataclass
+class _Tree:
+    i: int
+    j: int
+    split: int | None = None
+    left: _Tree | None = None
+    right: _Tree | None = None
+
+
+class _Builder:
+    def __init__(
+        self, problem: Problem, knobs: Mapping[str, Any], fb: FactBase, blocked: Blocked | None
+    ) -> None:
+        self.problem = problem
+        self.knobs = knobs
+        self.fb = fb
+        self.blocked = blocked
+        self.cse = bool(knobs["cse"])
+        self.steps: list[Step] = []
+        self.hashcons: dict[tuple, int] = {}
+        self.memo: dict[sp.Basic, int] = {}
+        self.bound: dict[sp.Basic, int] = {}
+        self.labels: dict[sp.Basic, str] = inverse_labels(problem, fb)
+        if blocked is not None:
+            self.labels.update(blocked.let_labels)
+        self.factors: dict[sp.Basic, MatrixSymbol] = {}
+        self.inputs: dict[str, int] = {}
+
+    # -- steps ------------------------------------------------------------------------------
+    def add(self, op: str, args: tuple[int, ...], shape: tuple[Any, Any], label: str = "",
+            **attrs: Any) -> int:
+        shp = (str(shape[0]), str(shape[1]))
+        attr_t = tuple(sorted(attrs.items()))
+        key = (op, args, shp, attr_t)
+        share = self.cse or op in SHARED_ALWAYS
+        if share and key in self.hashcons:
+            return self.hashcons[key]
+        self.steps.append(Step(op, args, shp, attr_t, label))
+        idx = len(self.steps) - 1
+        if share:
+            self.hashcons[key] = idx
+        return idx
+
+    def shape_of(self, i: int) -> tuple[str, str]:
+        return self.steps[i].shape
+
+    def transpose(self, i: int) -> int:
+        s = self.steps[i]
+        if s.op == "transpose":
+            return s.args[0]
+        return self.add("transpose", (i,), (s.shape[1], s.shape[0]), f"({s.label}).T")
+
+    def size(self, d: sp.Basic) -> int:
+        v = self.fb.size(d)
+        if v is None:
+            raise DerivationError(f"no concrete size for {d}")
+        return v
+
+    # -- top level -------------------------------------------------------------------------
+    def build(self) -> Program:
+        problem = self.problem
+        for name, sym in problem.symbols.items():
+            shape = sym.shape if isinstance(sym, MatrixExpr) else (1, 1)
+            self.inputs[name] = self.add("input", (), shape, name, name=name)
+            self.bound[sym] = self.inputs[name]
+        outputs: dict[str, int] = {}
+        if self.blocked is None:
+            for name in problem.outputs:
+                outputs[name] = self.emit(problem.expressions[name])
+            return Program(tuple(self.steps), self.inputs, outputs)
+        b = self.blocked
+        for block, (name, i, j) in b.slices.items():
+            self.bound[block] = self._slice(name, i, j, block)
+        for sym, value in b.lets:
+            self.bound[sym] = self.emit(value)
+        for name, grid in b.outputs.items():
+            outputs[name] = self.assemble(name, grid)
+        return Program(tuple(self.steps), self.inputs, outputs)
+
+    def _offsets(self, size: sp.Basic) -> list[tuple[str, str]]:
+        b = self.blocked
+        assert b is not None
+        name = getattr(size, "name", None)
+        parts = b.size_symbols.get(name, [size]) if name else [size]
+        out = []
+        start = "0"
+        for p in parts:
+            stop = str(p) if start == "0" else f"{start} + {p}"
+            out.append((start, stop))
+            start = stop
+        return out
+
+    def _slice(self, name: str, i: int, j: int, block: MatrixSymbol) -> int:
+        sym = self.problem.symbols[name]
+        rows = self._offsets(sym.shape[0])[i]
+        cols = self._offsets(sym.shape[1])[j]
+        return self.add(
+            "slice", (self.inputs[name],), block.shape, block.name, rows=rows, cols=cols
+        )
+
+    def assemble(self, name: str, grid: list[list[sp.Basic]]) -> int:
+        expr = self.problem.expressions[name]
+        mirror = bool(self.knobs["mirror"]) and SYMMETRIC in self.fb.facts(expr)
+        args: list[int] = []
+        cells: list[tuple[tuple[int, bool], ...]] = []
+        computed: dict[tuple[int, int], int] = {}
+        for i, row in enumerate(grid):
+            for j, e in enumerate(row):
+                if mirror and i < j:
+                    continue
+                computed[(i, j)] = self.emit(e)
+        for i, row in enumerate(grid):
+            cell_row = []
+            for j, _ in enumerate(row):
+                if (i, j) in computed:
+                    step, tr = computed[(i, j)], False
+                else:
+                    step, tr = computed[(j, i)], True
+                if step not in args:
+                    args.append(step)
+                cell_row.append((args.index(step), tr))
+            cells.append(tuple(cell_row))
+        if len(grid) == 1 and len(grid[0]) == 1:
+            return computed[(0, 0)]
+        return self.add("block", tuple(args), expr.shape, name, grid=tuple(cells))
+
+    # -- expressions --------------------------------------------------------------------------
+    def key(self, e: sp.Basic) -> sp.Basic:
+        return canonical(e, self.fb)
+
+    def lookup(self, e: sp.Basic) -> int | None:
+        if not self.cse:
+            return None
+        k = self.key(e)
+        if k in self.memo:
+            return self.memo[k]
+        if isinstance(e, MatrixExpr):
+            kt = self.key(Transpose(e))
+            if kt in self.memo:
+                return self.transpose(self.memo[kt])
+        return None
+
+    def remember(self, e: sp.Basic, step: int) -> int:
+        if self.cse:
+            self.memo.setdefault(self.key(e), step)
+        return step
+
+    def emit(self, e: sp.Basic) -> int:
+        if e in self.bound:
+            return self.bound[e]
+        hit = self.lookup(e)
+        if hit is not None:
+            return hit
+        return self.remember(e, self._emit(e))
+
+    def _emit(self, e: sp.Basic) -> int:
+        if isinstance(e, MatrixSymbol):
+            raise DerivationError(f"unbound symbol {e} in the derivation")
+        if isinstance(e, Identity):
+            return self.add("eye", (), e.shape, "I")
+        if isinstance(e, ZeroMatrix):
+            return self.add("zeros", (), e.shape, "0")
+        if isinstance(e, Transpose):
+            inner = self.emit(e.arg)
+            if SYMMETRIC in self.fb.facts(e.arg):
+                return inner
+            return self.transpose(inner)
+        if isinstance(e, Inverse):
+            return self.chain([e], str(e))
+        if isinstance(e, MatAdd):
+            return self.emit_sum(e)
+        if isinstance(e, (MatMul, MatPow)):
+            coeff, mats = split_coeff(e)
+            step = self.chain(self.leaves(mats), str(e))
+            return self.scale(step, coeff, e)
+        raise DerivationError(f"cannot derive {e} ({type(e).__name__})")
+
+    def scale(self, step: int, coeff: sp.Basic, e: sp.Basic) -> int:
+        if coeff == 1:
+            return step
+        if coeff == -1:
+            return self.add("neg", (step,), self.shape_of(step), str(e))
+        number = sp.Integer(1)
+        scalars: list[int] = []
+        powers: list[int] = []
+        for factor in sp.Mul.make_args(coeff):
+            base, exp = factor.as_base_exp()
+            if factor.is_number:
+                number *= factor
+            elif isinstance(base, sp.Symbol) and base in self.bound and exp.is_Integer:
+                scalars.append(self.bound[base])
+                powers.append(int(exp))
+            else:
+                raise DerivationError(f"unsupported scalar factor {factor} in {e}")
+        return self.add(
+            "scale", (step, *scalars), self.shape_of(step), str(e),
+            coeff=float(number), powers=tuple(powers),
+        )
+
+    def emit_sum(self, e: MatAdd) -> int:
+        terms = [split_coeff(t) for t in e.args]
+        terms.sort(key=lambda t: 0 if (t[0].is_number and t[0] > 0) else 1)
+        acc: int | None = None
+        for coeff, mats in terms:
+            prod = mats[0] if len(mats) == 1 else MatMul(*mats)
+            if acc is None:
+                acc = self.scale(self.emit(prod), coeff, e)
+                continue
+            if coeff in (1, -1):
+                v = self.emit(prod)
+                s = self.steps[v]
+                if s.op == "syrk" and len(s.args) == 1:
+                    acc = self.add(
+                        "syrk", (s.args[0], acc), self.shape_of(acc), str(e),
+                        alpha=float(coeff) * s.attr("alpha", 1.0), beta=1.0,
+                    )
+                else:
+                    op = "add" if coeff == 1 else "sub"
+                    acc = self.add(op, (acc, v), self.shape_of(acc), str(e))
+            else:
+                acc = self.add("add", (acc, self.scale(self.emit(prod), coeff, e)),
+                               self.shape_of(acc), str(e))
+        assert acc is not None
+        return acc
+
+    # -- kernels for inverses ------------------------------------------------------------------
+    def kernel(self, x: sp.Basic) -> str:
+        facts = self.fb.facts(x)
+        valid = solver_choices(facts)
+        label = self.labels.get(self.key(x))
+        if label is None and isinstance(x, Transpose):
+            label = self.labels.get(self.key(x.arg))
+        choice = self.knobs.get(f"solver.{label}") if label else None
+        if choice in valid:
+            return choice
+        if choice == "inverse" or (choice in ("lu",) and INVERTIBLE in facts):
+            return choice
+        return valid[0]
+
+    def leaves(self, mats: list[sp.Basic]) -> list[sp.Basic]:
+        out: list[sp.Basic] = []
+        for m in mats:
+            if isinstance(m, Identity):
+                continue
+            if isinstance(m, Inverse):
+                k = self.kernel(m.arg)
+                if k == "cholesky_split":
+                    lsym = self.cholesky_symbol(m.arg)
+                    out += [Inverse(Transpose(lsym)), Inverse(lsym)]
+                    continue
+                if k == "transpose":
+                    out.append(Transpose(m.arg))
+                    continue
+            out.append(m)
+        return out or [Identity(mats[0].shape[0])]
+
+    def cholesky_symbol(self, x: sp.Basic) -> MatrixSymbol:
+        key = self.key(x)
+        if key not in self.factors:
+            lsym = MatrixSymbol(f"L{len(self.factors)}", x.shape[0], x.shape[1])
+            self.fb.declare(lsym, {LOWER, INVERTIBLE})
+            self.bound[lsym] = self.factor(x)
+            self.factors[key] = lsym
+            label = self.labels.get(key)
+            if label:
+                self.labels[self.key(lsym)] = f"chol({label})"
+        return self.factors[key]
+
+    def factor(self, x: sp.Basic) -> int:
+        a = self.emit(x)
+        return self.add("cholesky", (a,), x.shape, f"chol({x})")
+
+    def is_virtual(self, leaf: sp.Basic) -> bool:
+        return isinstance(leaf, Inverse) and self.kernel(leaf.arg) != "inverse"
+
+    def solve_cost(self, x: sp.Basic, nrhs: int) -> float:
+        a = self.size(x.shape[0])
+        k = self.kernel(x)
+        if k == "triangular":
+            return float(a * a * nrhs)
+        if k == "diagonal":
+            return float(a * nrhs)
+        if k == "cholesky":
+            return 2.0 * a * a * nrhs
+        if k in ("solve_pos",):
+            return a**3 / 3 + 2.0 * a * a * nrhs
+        return 2 * a**3 / 3 + 2.0 * a * a * nrhs
+
+    def solve(self, x: sp.Basic, rhs: int, label: str) -> int:
+        """``inv(x) * rhs`` with the kernel chosen for ``x``."""
+        k = self.kernel(x)
+        shape = self.shape_of(rhs)
+        if k == "triangular":
+            facts = self.fb.facts(x)
+            if isinstance(x, Transpose):
+                base = self.emit(x.arg)
+                lower = LOWER in self.fb.facts(x.arg)
+                return self.add("trsolve", (base, rhs), shape, label, lower=lower, trans=True)
+            return self.add("trsolve", (self.emit(x), rhs), shape, label,
+                            lower=LOWER in facts and UPPER not in facts or DIAGONAL in facts,
+                            trans=False)
+        if k == "diagonal":
+            return self.add("diag_solve", (self.emit(x), rhs), shape, label)
+        if k == "cholesky":
+            base = x.arg if isinstance(x, Transpose) else x
+            return self.add("cho_solve", (self.factor(base), rhs), shape, label)
+        if k == "cholesky_split":
+            lsym = self.cholesky_symbol(x.arg if isinstance(x, Transpose) else x)
+            w = self.solve(Inverse(lsym).arg, rhs, label)
+            return self.solve(Transpose(lsym), w, label)
+        if k == "inverse":
+            inv = self.emit(Inverse(x))
+            return self.add("matmul", (inv, rhs), shape, label)
+        if k == "transpose":
+            return self.add("matmul", (self.emit(Transpose(x)), rhs), shape, label)
+        assume = {"solve_pos": "pos", "sym": "sym"}.get(k, "gen")
+        return self.add("solve", (self.emit(x), rhs), shape, label, assume_a=assume)
+
+    # -- chains --------------------------------------------------------------------------------
+    def chain(self, leaves: list[sp.Basic], label: str) -> int:
+        n = len(leaves)
+        if n == 1:
+            leaf = leaves[0]
+            if self.is_virtual(leaf):
+                x = leaf.arg
+                eye = self.add("eye", (), x.shape, "I")
+                return self.solve(x, eye, label)
+            if isinstance(leaf, Inverse):  # the explicit-inverse kernel
+                return self.add("inv", (self.emit(leaf.arg),), leaf.shape, str(leaf))
+            return self.emit(leaf)
+        rows = [self.size(m.shape[0]) for m in leaves]
+        cols = [self.size(m.shape[1]) for m in leaves]
+        virtual = [self.is_virtual(m) for m in leaves]
+        keys: dict[tuple[int, int], sp.Basic] = {}
+
+        def expr(i: int, j: int) -> sp.Basic:
+            return leaves[i] if i == j else MatMul(*leaves[i : j + 1])
+
+        def available(i: int, j: int) -> bool:
+            if not self.cse or i == j:
+                return False
+            return self.lookup(expr(i, j)) is not None
+
+        def combine_cost(i: int, s: int, j: int) -> float:
+            lv = i == s and virtual[i]
+            rv = s + 1 == j and virtual[j]
+            if lv and rv:
+                return self.solve_cost(leaves[j].arg, cols[j]) + self.solve_cost(
+                    leaves[i].arg, cols[j]
+                )
+            if lv:
+                return self.solve_cost(leaves[i].arg, cols[j])
+            if rv:
+                return self.solve_cost(leaves[j].arg, rows[i])
+            return 2.0 * rows[i] * cols[s] * cols[j]
+
+        def mirrored(i: int, s: int, j: int) -> bool:
+            """The left operand is the transpose of the right one (X.T * X)."""
+            if s - i != j - s - 1:
+                return False
+            return self.key(Transpose(expr(i, s))) == self.key(expr(s + 1, j))
+
+        def pair_cost(i: int, s: int, j: int) -> float:
+            k = rows[s + 1]
+            return (1.0 if self.knobs["syrk"] else 2.0) * cols[j] * cols[j] * k
+
+        order = self.knobs["order"]
+        if order == "left":
+            tree = _fold(0, n - 1, left=True)
+        elif order == "right":
+            tree = _fold(0, n - 1, left=False)
+        elif order == "optimal" or order == 0 or n > 8:
+            tree = _optimal(n, combine_cost, available, mirrored if self.cse else None, pair_cost)
+        else:
+            trees = sorted(
+                _all_trees(0, n - 1),
+                key=lambda t: (_tree_cost(t, combine_cost, available), _tree_sig(t)),
+            )
+            tree = trees[min(int(order), len(trees) - 1)]
+        del keys
+        return self.emit_tree(tree, leaves, virtual, label)
+
+    def emit_tree(self, t: _Tree, leaves: list[sp.Basic], virtual: list[bool], label: str) -> int:
+        if t.i == t.j:
+            return self.chain([leaves[t.i]], label)
+        e = MatMul(*leaves[t.i : t.j + 1])
+        hit = self.lookup(e)
+        if hit is not None:
+            return hit
+        assert t.left is not None and t.right is not None
+        shape = (leaves[t.i].shape[0], leaves[t.j].shape[1])
+        text = str(e)
+        if t.left.i == t.left.j and virtual[t.left.i]:
+            rhs = self.emit_tree(t.right, leaves, virtual, label)
+            step = self.solve(leaves[t.left.i].arg, rhs, text)
+        elif t.right.i == t.right.j and virtual[t.right.i]:
+            lhs = self.emit_tree(t.left, leaves, virtual, label)
+            x = leaves[t.right.i].arg
+            step = self.transpose(self.solve(_transpose(x), self.transpose(lhs), text))
+        else:
+            a = self.emit_tree(t.left, leaves, virtual, label)
+            b = self.emit_tree(t.right, leaves, virtual, label)
+            sa = self.steps[a]
+            if self.knobs["syrk"] and sa.op == "transpose" and sa.args[0] == b:
+                step = self.add("syrk", (b,), shape, text, alpha=1.0, beta=0.0)
+            else:
+                step = self.add("matmul", (a, b), shape, text)
+        return self.remember(e, step)
+
+
+def _transpose(x: sp.Basic) -> sp.Basic:
+    return x.arg if isinstance(x, Transpose) else Transpose(x)
+
+
+def _fold(i: int, j: int, left: bool) -> _Tree:
+    if i == j:
+        return _Tree(i, j)
+    if left:
+        return _Tree(i, j, j - 1, _fold(i, j - 1, True), _Tree(j, j))
+    return _Tree(i, j, i, _Tree(i, i), _fold(i + 1, j, False))
+
+
+def _optimal(n: int, combine_cost, available, mirrored=None, pair_cost=None) -> _Tree:
+    best: dict[tuple[int, int], tuple[float, int | None]] = {}
+    for length in range(1, n + 1):
+        for i in range(0, n - length + 1):
+            j = i + length - 1
+            if i == j or available(i, j):
+                best[(i, j)] = (0.0, None)
+                continue
+            cands = []
+            for s in range(i, j):
+                if mirrored is not None and mirrored(i, s, j):
+                    # X.T * X: X is computed once, the product is a rank-k update
+                    c = best[(s + 1, j)][0] + pair_cost(i, s, j)
+                else:
+                    c = best[(i, s)][0] + best[(s + 1, j)][0] + combine_cost(i, s, j)
+                cands.append((c, s))
+            best[(i, j)] = min(cands, key=lambda x: (x[0], x[1]))
+
+    def build(i: int, j: int) -> _Tree:
+        s = best[(i, j)][1]
+        if i == j or s is None:
+            if i == j:
+                return _Tree(i, j)
+            # available as a whole: split arbitrarily, emit_tree finds it in the memo
+            return _Tree(i, j, i, build(i, i), _fold(i + 1, j, True))
+        return _Tree(i, j, s, build(i, s), build(s + 1, j))
+
+    return build(0, n - 1)
+
+
+def _all_trees(i: int, j: int) -> list[_Tree]:
+    if i == j:
+        return [_Tree(i, j)]
+    out = []
+    for s in range(i, j):
+        for left, right in itertools.product(_all_trees(i, s), _all_trees(s + 1, j)):
+            out.append(_Tree(i, j, s, left, right))
+    return out
+
+
+def _tree_cost(t: _Tree, combine_cost, available) -> float:
+    if t.i == t.j or available(t.i, t.j):
+        return 0.0
+    assert t.left is not None and t.right is not None and t.split is not None
+    return (
+        _tree_cost(t.left, combine_cost, available)
+        + _tree_cost(t.right, combine_cost, available)
+        + combine_cost(t.i, t.split, t.j)
+    )
+
+
+def _tree_sig(t: _Tree) -> str:
+    if t.i == t.j:
+        return str(t.i)
+    assert t.left is not None and t.right is not None
+    return f"({_tree_sig(t.left)} {_tree_sig(t.right)})"
+
+
+def parenthesizations(n: int) -> list[str]:
+    """Every parenthesization of an n-factor chain, as strings (Catalan(n-1) of them)."""
+    return [_tree_sig(t) for t in _all_trees(0, n - 1)]

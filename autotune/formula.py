@@ -1,0 +1,398 @@
+"""A safe parser for the formula language of search spaces.
+
+The grammar accepts only what matrix formulas on paper need, and builds SymPy matrix
+expressions directly (never ``eval``, ``sympify`` of raw text, or pickle)::
+
+    expr    := term (('+' | '-') term)*
+    term    := unary (('*' | '@' | '/') unary)*       # '/' only by a scalar
+    unary   := '-' unary | postfix
+    postfix := atom ('.T' | "'")*
+    atom    := NUMBER | NAME | NAME '(' args ')' | '(' expr ')'
+
+Functions: ``inv(X)``, ``transpose(X)``, ``eye(d)`` / ``I(d)`` (identity of dimension ``d``).
+
+Dimension formulas (``k = "n // 2"``) use the same tokenizer and a smaller integer grammar
+(``+ - * / // ( )``, integers and dimension names), see :func:`parse_dim_formula`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+
+import sympy as sp
+from sympy.matrices.expressions import MatrixExpr
+
+from .errors import SpecError
+
+__all__ = ["Token", "tokenize", "parse_formula", "parse_dim_formula", "formula_names"]
+
+_TOKEN_RE = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<number>\d+\.\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|\d+(?:[eE][+-]?\d+)?)
+  | (?P<dotT>\.T\b)
+  | (?P<name>[A-Za-z_][A-Za-z_0-9]*)
+  | (?P<op>//|[-+*/@(),'])
+""",
+    re.VERBOSE,
+)
+
+FUNCTIONS = ("inv", "transpose", "eye", "I")
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # "number", "name", "op", "dotT", "end"
+    text: str
+    pos: int
+
+
+def _error(where: str, text: str, pos: int, message: str) -> SpecError:
+    caret = " " * pos + "^"
+    return SpecError(f"{where}: {message} at position {pos + 1}\n    {text}\n    {caret}")
+
+
+def tokenize(text: str, where: str = "formula") -> list[Token]:
+    """Split ``text`` into tokens, raising :class:`SpecError` on any unexpected character."""
+    if not isinstance(text, str):
+        raise SpecError(f"{where}: expected a formula string, got {type(text).__name__}")
+    tokens: list[Token] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN_RE.match(text, pos)
+        if m is None:
+            raise _error(where, text, pos, f"unexpected character {text[pos]!r}")
+        kind = m.lastgroup or ""
+        if kind != "ws":
+            tokens.append(Token(kind, m.group(), pos))
+        pos = m.end()
+    tokens.append(Token("end", "", len(text)))
+    return tokens
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    listed = ", ".join(sorted(choices)) if choices else "(none)"
+    return f"known names: {listed}{hint}"
+
+
+def _shape_str(e: sp.Basic) -> str:
+    if isinstance(e, MatrixExpr):
+        return f"{e.shape[0]}x{e.shape[1]}"
+    return "scalar"
+
+
+class _Parser:
+    def __init__(
+        self,
+        text: str,
+        names: Mapping[str, sp.Basic],
+        dims: Mapping[str, sp.Symbol],
+        where: str,
+    ) -> None:
+        self.text = text
+        self.names = names
+        self.dims = dims
+        self.where = where
+        self.tokens = tokenize(text, where)
+        self.i = 0
+
+    # -- token helpers -------------------------------------------------------------------
+    @property
+    def tok(self) -> Token:
+        return self.tokens[self.i]
+
+    def advance(self) -> Token:
+        t = self.tokens[self.i]
+        self.i += 1
+        return t
+
+    def expect(self, text: str) -> Token:
+        if self.tok.text != text:
+            found = "end of formula" if self.tok.kind == "end" else repr(self.tok.text)
+            raise self.err(self.tok.pos, f"expected {text!r}, found {found}")
+        return self.advance()
+
+    def err(self, pos: int, message: str) -> SpecError:
+        return _error(self.where, self.text, pos, message)
+
+    # -- grammar ---------------------------------------------------------------------------
+    def parse(self) -> sp.Basic:
+        if self.tok.kind == "end":
+            raise self.err(0, "empty formula")
+        e = self.expr()
+        if self.tok.kind != "end":
+            raise self.err(self.tok.pos, f"unexpected {self.tok.text!r}")
+        return e
+
+    def expr(self) -> sp.Basic:
+        start = self.tok.pos
+        e = self.term()
+        while self.tok.text in ("+", "-"):
+            op = self.advance()
+            rhs = self.term()
+            e = self.add(e, rhs if op.text == "+" else -rhs, start, op.pos)
+        return e
+
+    def term(self) -> sp.Basic:
+        start = self.tok.pos
+        e = self.unary()
+        while self.tok.text in ("*", "@", "/"):
+            op = self.advance()
+            rhs = self.unary()
+            if op.text == "/":
+                if isinstance(rhs, MatrixExpr):
+                    raise self.err(
+                        op.pos, "division by a matrix is not allowed; write inv(X) instead"
+                    )
+                if rhs == 0:
+                    raise self.err(op.pos, "division by zero")
+                e = e / rhs
+            else:
+                e = self.mul(e, rhs, start, op.pos)
+        return e
+
+    def unary(self) -> sp.Basic:
+        if self.tok.text == "-":
+            self.advance()
+            return -self.unary()
+        if self.tok.text == "+":
+            self.advance()
+            return self.unary()
+        return self.postfix()
+
+    def postfix(self) -> sp.Basic:
+        e = self.atom()
+        while self.tok.kind == "dotT" or self.tok.text == "'":
+            self.advance()
+            e = e.T if isinstance(e, MatrixExpr) else e
+        return e
+
+    def atom(self) -> sp.Basic:
+        t = self.tok
+        if t.kind == "number":
+            self.advance()
+            value = sp.Rational(t.text) if re.fullmatch(r"\d+", t.text) else sp.Float(t.text)
+            return value
+        if t.text == "(":
+            self.advance()
+            e = self.expr()
+            self.expect(")")
+            return e
+        if t.kind == "name":
+            self.advance()
+            if self.tok.text == "(":
+                return self.call(t)
+            if t.text in self.names:
+                return self.names[t.text]
+            if t.text in FUNCTIONS:
+                raise self.err(t.pos, f"{t.text} is a function: write {t.text}(...)")
+            raise self.err(
+                t.pos, f"unknown symbol {t.text!r}; {_suggest(t.text, list(self.names))}"
+            )
+        found = "end of formula" if t.kind == "end" else repr(t.text)
+        raise self.err(t.pos, f"expected a name, number or '(', found {found}")
+
+    def call(self, fn: Token) -> sp.Basic:
+        self.expect("(")
+        if fn.text in ("eye", "I"):
+            arg = self.tok
+            if arg.kind == "name" and arg.text in self.dims:
+                self.advance()
+                size: sp.Basic = self.dims[arg.text]
+            elif arg.kind == "number" and re.fullmatch(r"[1-9]\d*", arg.text):
+                self.advance()
+                size = sp.Integer(int(arg.text))
+            else:
+                raise self.err(
+                    arg.pos,
+                    f"{fn.text}() takes a dimension name or a positive integer; "
+                    f"dimensions: {', '.join(self.dims) or '(none)'}",
+                )
+            self.expect(")")
+            return sp.Identity(size)
+        if fn.text not in ("inv", "transpose"):
+            raise self.err(
+                fn.pos,
+                f"unknown function {fn.text!r}; functions: inv(X), transpose(X), eye(dim)",
+            )
+        arg_pos = self.tok.pos
+        arg = self.expr()
+        self.expect(")")
+        if fn.text == "transpose":
+            return arg.T if isinstance(arg, MatrixExpr) else arg
+        if not isinstance(arg, MatrixExpr):
+            if arg == 0:
+                raise self.err(arg_pos, "inv() of zero")
+            return 1 / arg
+        if arg.shape[0] != arg.shape[1]:
+            raise self.err(
+                arg_pos, f"inv() needs a square matrix, got shape {_shape_str(arg)}"
+            )
+        return sp.Inverse(arg)
+
+    # -- shape-checked constructors ----------------------------------------------------------
+    def add(self, a: sp.Basic, b: sp.Basic, start: int, pos: int) -> sp.Basic:
+        am, bm = isinstance(a, MatrixExpr), isinstance(b, MatrixExpr)
+        if am != bm:
+            raise self.err(
+                pos,
+                f"cannot add a matrix and a scalar in {self.text[start:]!r} "
+                f"(shapes {_shape_str(a)} and {_shape_str(b)}); write alpha*eye(n) for a "
+                "scaled identity",
+            )
+        if am and a.shape != b.shape:
+            raise self.err(
+                pos,
+                f"shapes do not conform for '+'/'-': {_short(a)} is {_shape_str(a)} but "
+                f"{_short(b)} is {_shape_str(b)}",
+            )
+        return a + b
+
+    def mul(self, a: sp.Basic, b: sp.Basic, start: int, pos: int) -> sp.Basic:
+        if isinstance(a, MatrixExpr) and isinstance(b, MatrixExpr):
+            if a.shape[1] != b.shape[0]:
+                raise self.err(
+                    pos,
+                    f"shapes do not conform for '*': {_short(a)} is {_shape_str(a)} and "
+                    f"{_short(b)} is {_shape_str(b)}",
+                )
+        return a * b
+
+
+def _short(e: sp.Basic, limit: int = 40) -> str:
+    s = str(e)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def parse_formula(
+    text: str,
+    names: Mapping[str, sp.Basic],
+    dims: Mapping[str, sp.Symbol] | None = None,
+    where: str = "formula",
+) -> sp.Basic:
+    """Parse ``text`` into a SymPy (matrix) expression over ``names``.
+
+    ``names`` maps identifiers to SymPy objects (``MatrixSymbol``, scalar ``Symbol`` or
+    already-parsed definitions). Raises :class:`SpecError` naming ``where`` and the position.
+    """
+    return _Parser(text, names, dims or {}, where).parse()
+
+
+def formula_names(text: str, where: str = "formula") -> list[str]:
+    """The identifiers a formula references (function names excluded), in order."""
+    toks = tokenize(text, where)
+    out: list[str] = []
+    for i, t in enumerate(toks):
+        if t.kind != "name":
+            continue
+        if toks[i + 1].text == "(" and t.text in FUNCTIONS:
+            continue
+        if t.text not in out:
+            out.append(t.text)
+    return out
+
+
+# -- dimension formulas ------------------------------------------------------------------
+
+
+def parse_dim_formula(text: str, where: str) -> Callable[[Mapping[str, int]], int]:
+    """Compile an integer dimension formula such as ``"n // 2"`` into a function of the dims.
+
+    ``/`` must divide exactly, ``//`` floors. The result must be a positive integer.
+    """
+    toks = tokenize(text, where)
+    i = 0
+
+    def peek() -> Token:
+        return toks[i]
+
+    def take() -> Token:
+        nonlocal i
+        i += 1
+        return toks[i - 1]
+
+    Node = Callable[[Mapping[str, int]], Fraction]
+
+    def expr() -> Node:
+        node = term()
+        while peek().text in ("+", "-"):
+            op = take().text
+            rhs = term()
+            node = (lambda a, b: lambda d: a(d) + b(d))(node, rhs) if op == "+" else (
+                lambda a, b: lambda d: a(d) - b(d)
+            )(node, rhs)
+        return node
+
+    def term() -> Node:
+        node = atom()
+        while peek().text in ("*", "/", "//"):
+            tok = take()
+            rhs = atom()
+            node = _binop(tok, node, rhs)
+        return node
+
+    def _binop(tok: Token, a: Node, b: Node) -> Node:
+        def f(d: Mapping[str, int]) -> Fraction:
+            x, y = a(d), b(d)
+            if tok.text == "*":
+                return x * y
+            if y == 0:
+                raise _error(where, text, tok.pos, "division by zero")
+            if tok.text == "//":
+                return Fraction(x // y)
+            if (x / y).denominator != 1:
+                raise _error(
+                    where,
+                    text,
+                    tok.pos,
+                    f"{x} / {y} is not an integer; use '//' to round down",
+                )
+            return x / y
+
+        return f
+
+    def atom() -> Node:
+        t = take()
+        if t.kind == "number" and re.fullmatch(r"\d+", t.text):
+            v = Fraction(int(t.text))
+            return lambda d: v
+        if t.kind == "name":
+            name = t.text
+
+            def look(d: Mapping[str, int]) -> Fraction:
+                if name not in d:
+                    raise _error(
+                        where, text, t.pos, f"unknown dimension {name!r}; {_suggest(name, list(d))}"
+                    )
+                return Fraction(d[name])
+
+            return look
+        if t.text == "(":
+            node = expr()
+            if take().text != ")":
+                raise _error(where, text, toks[i - 1].pos, "expected ')'")
+            return node
+        if t.text == "-":
+            inner = atom()
+            return lambda d: -inner(d)
+        found = "end of formula" if t.kind == "end" else repr(t.text)
+        raise _error(where, text, t.pos, f"expected an integer, a dimension or '(', found {found}")
+
+    root = expr()
+    if peek().kind != "end":
+        raise _error(where, text, peek().pos, f"unexpected {peek().text!r}")
+
+    def evaluate(dims: Mapping[str, int]) -> int:
+        value = root(dims)
+        if value.denominator != 1:
+            raise SpecError(f"{where}: {text!r} gives {value}, not an integer")
+        return int(value)
+
+    evaluate.names = [t.text for t in toks if t.kind == "name"]  # type: ignore[attr-defined]
+    return evaluate

@@ -1,0 +1,452 @@
+"""Matrix properties: names, implications, validation, and inference for sub-expressions.
+
+Properties drive kernel choice (Cholesky for SPD, triangular solves, scaling for diagonal), so
+they are inferred by the project's own rules rather than by SymPy's ``ask``, which claims
+``H.T*H`` is positive definite for a wide ``H`` (it is only semidefinite) and does not infer
+invertibility from positive definiteness. Every rule here is checked numerically on random
+instances by the tests.
+
+Conventions: ``positive_definite`` and ``positive_semidefinite`` include symmetry (SPD, SPSD);
+``full_rank`` means rank = min(rows, cols); for a square matrix it is ``invertible``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.matrices.expressions import (
+    Identity,
+    Inverse,
+    MatAdd,
+    MatMul,
+    MatPow,
+    MatrixExpr,
+    MatrixSymbol,
+    Transpose,
+    ZeroMatrix,
+)
+
+from .errors import SpecError
+
+SYMMETRIC = "symmetric"
+PD = "positive_definite"
+PSD = "positive_semidefinite"
+FULL_RANK = "full_rank"
+INVERTIBLE = "invertible"
+LOWER = "lower_triangular"
+UPPER = "upper_triangular"
+DIAGONAL = "diagonal"
+ORTHOGONAL = "orthogonal"
+IDENTITY = "identity"
+POSITIVE = "positive"
+NONZERO = "nonzero"
+
+MATRIX_PROPERTIES = (
+    SYMMETRIC,
+    PD,
+    PSD,
+    FULL_RANK,
+    INVERTIBLE,
+    LOWER,
+    UPPER,
+    DIAGONAL,
+    ORTHOGONAL,
+    IDENTITY,
+)
+SCALAR_PROPERTIES = (POSITIVE, NONZERO)
+SQUARE_ONLY = frozenset({SYMMETRIC, PD, PSD, INVERTIBLE, LOWER, UPPER, DIAGONAL, ORTHOGONAL, IDENTITY})
+
+ALIASES = {
+    "spd": PD,
+    "pd": PD,
+    "positive definite": PD,
+    "psd": PSD,
+    "positive semidefinite": PSD,
+    "full rank": FULL_RANK,
+    "nonsingular": INVERTIBLE,
+    "lower": LOWER,
+    "upper": UPPER,
+    "lower triangular": LOWER,
+    "upper triangular": UPPER,
+}
+
+_IMPLIES = {
+    IDENTITY: {DIAGONAL, ORTHOGONAL, PD},
+    DIAGONAL: {SYMMETRIC, LOWER, UPPER},
+    PD: {SYMMETRIC, PSD, INVERTIBLE},
+    PSD: {SYMMETRIC},
+    ORTHOGONAL: {INVERTIBLE},
+    INVERTIBLE: {FULL_RANK},
+    POSITIVE: {NONZERO},
+}
+
+Facts = frozenset[str]
+
+
+def normalize_property(name: str, where: str) -> str:
+    """Map a user-written property name (or alias) to its canonical name."""
+    if not isinstance(name, str):
+        raise SpecError(f"{where}: a property must be a string, got {name!r}")
+    key = name.strip().lower().replace("-", "_")
+    key = ALIASES.get(key.replace("_", " "), ALIASES.get(key, key))
+    if key not in MATRIX_PROPERTIES and key not in SCALAR_PROPERTIES:
+        import difflib
+
+        choices = list(MATRIX_PROPERTIES + SCALAR_PROPERTIES)
+        close = difflib.get_close_matches(key, choices + list(ALIASES), n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise SpecError(
+            f"{where}: unknown property {name!r}{hint}; valid properties: {', '.join(choices)}"
+        )
+    return key
+
+
+def close_facts(props: Iterable[str], square: bool) -> Facts:
+    """Close a property set under the implications (``PD`` implies symmetric, ...)."""
+    out = set(props)
+    changed = True
+    while changed:
+        changed = False
+        for p in list(out):
+            for q in _IMPLIES.get(p, ()):
+                if q not in out:
+                    out.add(q)
+                    changed = True
+        if LOWER in out and UPPER in out and DIAGONAL not in out:
+            out.add(DIAGONAL)
+            changed = True
+        if square and FULL_RANK in out and INVERTIBLE not in out:
+            out.add(INVERTIBLE)
+            changed = True
+        if PSD in out and INVERTIBLE in out and PD not in out:
+            out.add(PD)
+            changed = True
+    return frozenset(out)
+
+
+def validate_properties(
+    props: Iterable[str], shape: tuple[sp.Basic, sp.Basic] | None, where: str
+) -> Facts:
+    """Check that declared properties can hold for the shape; return the closed set."""
+    props = [normalize_property(p, where) for p in props]
+    if shape is None:  # scalar
+        bad = [p for p in props if p not in SCALAR_PROPERTIES]
+        if bad:
+            raise SpecError(
+                f"{where}: property {bad[0]!r} is for matrices, but this input is a scalar; "
+                f"scalar properties: {', '.join(SCALAR_PROPERTIES)}"
+            )
+        return close_facts(props, square=False)
+    bad = [p for p in props if p in SCALAR_PROPERTIES]
+    if bad:
+        raise SpecError(
+            f"{where}: property {bad[0]!r} is for scalars; matrix properties: "
+            f"{', '.join(MATRIX_PROPERTIES)}"
+        )
+    square = shape[0] == shape[1]
+    if not square:
+        bad = [p for p in props if p in SQUARE_ONLY]
+        if bad:
+            raise SpecError(
+                f"{where}: property {bad[0]!r} needs a square matrix, but the shape is "
+                f"{shape[0]}x{shape[1]}"
+            )
+    return close_facts(props, square)
+
+
+# -- inference ---------------------------------------------------------------------------
+
+
+@dataclass
+class FactBase:
+    """What is known: declared facts of atoms, plus facts registered for sub-expressions
+    (diagonal blocks of SPD matrices, Schur complements) by the derivation, and concrete dims
+    used to decide which side of a rectangular matrix is the short one."""
+
+    atoms: dict[sp.Basic, Facts] = field(default_factory=dict)
+    extra: dict[sp.Basic, Facts] = field(default_factory=dict)
+    dims: dict[sp.Symbol, int] = field(default_factory=dict)
+    _cache: dict[sp.Basic, Facts] = field(default_factory=dict, repr=False)
+
+    def declare(self, atom: sp.Basic, props: Iterable[str]) -> None:
+        self.atoms[atom] = close_facts(props, _is_square(atom))
+        self._cache.clear()
+
+    def register(self, expr: sp.Basic, props: Iterable[str]) -> None:
+        key = canonical(expr, self)
+        self.extra[key] = close_facts(set(props) | self.extra.get(key, set()), _is_square(expr))
+        self._cache.clear()
+
+    def size(self, d: sp.Basic) -> int | None:
+        try:
+            v = d.subs(self.dims) if self.dims else d
+            return int(v) if v.is_number else None
+        except (TypeError, ValueError):
+            return None
+
+    def facts(self, expr: sp.Basic) -> Facts:
+        hit = self._cache.get(expr)
+        if hit is None:
+            hit = _infer(expr, self)
+            self._cache[expr] = hit
+        return hit
+
+    def has(self, expr: sp.Basic, prop: str) -> bool:
+        return prop in self.facts(expr)
+
+
+def _is_square(e: sp.Basic) -> bool:
+    return isinstance(e, MatrixExpr) and e.shape[0] == e.shape[1]
+
+
+def is_symmetric_atom(e: sp.Basic, fb: FactBase) -> bool:
+    return isinstance(e, MatrixSymbol) and SYMMETRIC in fb.atoms.get(e, frozenset())
+
+
+def canonical(expr: sp.Basic, fb: FactBase) -> sp.Basic:
+    """A canonical form for structural comparison: transposes pushed to the leaves and dropped
+    on symmetric atoms, so ``(H*Sigma).T`` and ``Sigma*H.T`` compare equal when Sigma is
+    symmetric."""
+    if isinstance(expr, Transpose):
+        arg = expr.arg
+        if isinstance(arg, MatMul):
+            coeff, mats = split_coeff(arg)
+            return canonical(
+                _mul(coeff, [Transpose(m) for m in reversed(mats)]), fb
+            )
+        if isinstance(arg, MatAdd):
+            return _madd([canonical(Transpose(t), fb) for t in arg.args])
+        if isinstance(arg, Transpose):
+            return canonical(arg.arg, fb)
+        if isinstance(arg, Inverse):
+            return Inverse(canonical(Transpose(arg.arg), fb))
+        if isinstance(arg, (Identity, ZeroMatrix)):
+            return arg.T
+        inner = canonical(arg, fb)
+        if fb.has(inner, SYMMETRIC):
+            return inner
+        return Transpose(inner)
+    if isinstance(expr, MatMul):
+        coeff, mats = split_coeff(expr)
+        return _mul(coeff, [canonical(m, fb) for m in mats])
+    if isinstance(expr, MatAdd):
+        return _madd([canonical(t, fb) for t in expr.args])
+    if isinstance(expr, Inverse):
+        return Inverse(canonical(expr.arg, fb))
+    if isinstance(expr, MatPow):
+        return MatPow(canonical(expr.base, fb), expr.exp)
+    return expr
+
+
+def _madd(terms: list[sp.Basic]) -> sp.Basic:
+    return MatAdd(*terms).doit(deep=False)
+
+
+def _mul(coeff: sp.Basic, mats: list[sp.Basic]) -> sp.Basic:
+    flat: list[sp.Basic] = []
+    for m in mats:
+        if isinstance(m, MatMul):
+            c, ms = split_coeff(m)
+            coeff = coeff * c
+            flat.extend(ms)
+        else:
+            flat.append(m)
+    if not flat:
+        raise ValueError("empty product")
+    if coeff == 1 and len(flat) == 1:
+        return flat[0]
+    return MatMul(coeff, *flat) if coeff != 1 else MatMul(*flat)
+
+
+def split_coeff(expr: sp.Basic) -> tuple[sp.Basic, list[sp.Basic]]:
+    """Split a product into its scalar coefficient and its matrix factors (``MatPow`` with an
+    integer exponent expanded into repeated factors, negative exponents into inverses)."""
+    if isinstance(expr, MatMul):
+        coeff = sp.Integer(1)
+        mats: list[sp.Basic] = []
+        for a in expr.args:
+            if isinstance(a, MatrixExpr):
+                c, ms = split_coeff(a)
+                coeff *= c
+                mats.extend(ms)
+            else:
+                coeff *= a
+        return coeff, mats
+    if isinstance(expr, MatPow) and expr.exp.is_Integer:
+        e = int(expr.exp)
+        base = expr.base if e > 0 else Inverse(expr.base)
+        return sp.Integer(1), [base] * abs(e)
+    return sp.Integer(1), [expr]
+
+
+def _scalar_sign(c: sp.Basic, fb: FactBase) -> int:
+    """+1 for a known-positive scalar, -1 for known-negative, 0 unknown."""
+    if c.is_number:
+        return 1 if c > 0 else (-1 if c < 0 else 0)
+    if isinstance(c, sp.Symbol):
+        return 1 if POSITIVE in fb.atoms.get(c, frozenset()) else 0
+    if isinstance(c, (sp.Mul, sp.Pow)):
+        sign = 1
+        parts = c.args if isinstance(c, sp.Mul) else [c.args[0]]
+        for p in parts:
+            s = _scalar_sign(p, fb)
+            if s == 0:
+                return 0
+            sign *= s
+        return sign
+    return 0
+
+
+def _scalar_nonzero(c: sp.Basic, fb: FactBase) -> bool:
+    if c.is_number:
+        return c != 0
+    if isinstance(c, sp.Symbol):
+        return NONZERO in fb.atoms.get(c, frozenset())
+    if isinstance(c, (sp.Mul, sp.Pow)):
+        parts = c.args if isinstance(c, sp.Mul) else [c.args[0]]
+        return all(_scalar_nonzero(p, fb) for p in parts)
+    return False
+
+
+def col_full_rank(e: sp.Basic, fb: FactBase) -> bool:
+    """rank(e) = number of columns."""
+    r, c = fb.size(e.shape[0]), fb.size(e.shape[1])
+    f = fb.facts(e)
+    if FULL_RANK in f and r is not None and c is not None and c <= r:
+        return True
+    if isinstance(e, MatMul):
+        coeff, mats = split_coeff(e)
+        return _scalar_nonzero(coeff, fb) and all(col_full_rank(m, fb) for m in mats)
+    return False
+
+
+def row_full_rank(e: sp.Basic, fb: FactBase) -> bool:
+    """rank(e) = number of rows."""
+    r, c = fb.size(e.shape[0]), fb.size(e.shape[1])
+    f = fb.facts(e)
+    if FULL_RANK in f and r is not None and c is not None and r <= c:
+        return True
+    if isinstance(e, MatMul):
+        coeff, mats = split_coeff(e)
+        return _scalar_nonzero(coeff, fb) and all(row_full_rank(m, fb) for m in mats)
+    return False
+
+
+def _product(mats: list[sp.Basic]) -> sp.Basic:
+    return mats[0] if len(mats) == 1 else MatMul(*mats)
+
+
+def _infer(expr: sp.Basic, fb: FactBase) -> Facts:
+    if not isinstance(expr, MatrixExpr):
+        if isinstance(expr, sp.Symbol):
+            return fb.atoms.get(expr, frozenset())
+        props: set[str] = set()
+        if _scalar_nonzero(expr, fb):
+            props.add(NONZERO)
+        if _scalar_sign(expr, fb) > 0:
+            props.add(POSITIVE)
+        return frozenset(props)
+    square = _is_square(expr)
+    if isinstance(expr, Identity):
+        return close_facts({IDENTITY}, True)
+    if isinstance(expr, ZeroMatrix):
+        return close_facts({DIAGONAL, PSD} if square else set(), square)
+    key = canonical(expr, fb) if fb.extra else None
+    extra = fb.extra.get(key, frozenset()) if key is not None else frozenset()
+    if isinstance(expr, MatrixSymbol):
+        return fb.atoms.get(expr, frozenset()) | extra
+    if isinstance(expr, Transpose):
+        f = fb.facts(expr.arg)
+        out = {p for p in f if p not in (LOWER, UPPER)}
+        if LOWER in f:
+            out.add(UPPER)
+        if UPPER in f:
+            out.add(LOWER)
+        return close_facts(out | extra, square)
+    if isinstance(expr, Inverse):
+        f = fb.facts(expr.arg)
+        if INVERTIBLE not in f:
+            return close_facts(extra, square)
+        keep = {SYMMETRIC, PD, LOWER, UPPER, DIAGONAL, ORTHOGONAL, IDENTITY}
+        return close_facts({p for p in f if p in keep} | {INVERTIBLE} | extra, square)
+    if isinstance(expr, MatPow) and not expr.exp.is_Integer:
+        return close_facts(extra, square)
+    if isinstance(expr, MatAdd):
+        return close_facts(_infer_sum(expr, fb) | extra, square)
+    if isinstance(expr, (MatMul, MatPow)):
+        return close_facts(_infer_product(expr, fb) | extra, square)
+    return close_facts(extra, square)
+
+
+def _infer_sum(expr: MatAdd, fb: FactBase) -> set[str]:
+    terms = []
+    for t in expr.args:
+        coeff, mats = split_coeff(t)
+        m = _product(mats)
+        terms.append((coeff, m, fb.facts(m)))
+    out: set[str] = set()
+    for p in (SYMMETRIC, LOWER, UPPER, DIAGONAL):
+        if all(p in f for _, _, f in terms):
+            out.add(p)
+    if all(PSD in f and _scalar_sign(c, fb) > 0 for c, _, f in terms):
+        out.add(PSD)
+        if any(PD in f for _, _, f in terms):
+            out.add(PD)
+    return out
+
+
+def _infer_product(expr: sp.Basic, fb: FactBase) -> set[str]:
+    coeff, mats = split_coeff(expr)
+    mats = [m for m in mats if not isinstance(m, Identity)]
+    square = _is_square(expr)
+    if not mats:
+        return {IDENTITY} if coeff == 1 else {DIAGONAL}
+    sign = _scalar_sign(coeff, fb)
+    nonzero = _scalar_nonzero(coeff, fb)
+    if len(mats) == 1:
+        f = set(fb.facts(mats[0]))
+        if coeff == 1:
+            return f
+        keep = {SYMMETRIC, LOWER, UPPER, DIAGONAL}
+        out = {p for p in f if p in keep}
+        if nonzero and FULL_RANK in f:
+            out.add(FULL_RANK)
+        if sign > 0 and PSD in f:
+            out.add(PSD)
+        if sign > 0 and PD in f:
+            out.add(PD)
+        return out
+    fs = [fb.facts(m) for m in mats]
+    out = set()
+    for p in (LOWER, UPPER, DIAGONAL):
+        if all(p in f for f in fs):
+            out.add(p)
+    if coeff == 1 and all(ORTHOGONAL in f for f in fs):
+        out.add(ORTHOGONAL)
+    if nonzero and square and all(INVERTIBLE in f for f in fs):
+        out.add(INVERTIBLE)
+    # Congruence X.T * M * X (or X.T * X): symmetric, and semidefinite/definite when M is.
+    m = len(mats)
+    half = m // 2
+    left, right = mats[:half], mats[m - half :]
+    if half and canonical(Transpose(_product(left)), fb) == canonical(_product(right), fb):
+        x = _product(right)
+        if m % 2 == 0:
+            middle_f: Facts = close_facts({PD}, True)  # X.T X: as if the middle were I
+        else:
+            middle_f = fs[half]
+        if SYMMETRIC in middle_f:
+            out.add(SYMMETRIC)
+        if PSD in middle_f and sign > 0:
+            out.add(PSD)
+            if PD in middle_f and col_full_rank(x, fb):
+                out.add(PD)
+    elif all(DIAGONAL in f for f in fs):
+        out.add(SYMMETRIC)
+    if nonzero and (
+        all(col_full_rank(x, fb) for x in mats) or all(row_full_rank(x, fb) for x in mats)
+    ):
+        out.add(FULL_RANK)
+    return out

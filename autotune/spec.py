@@ -1,0 +1,576 @@
+"""Problems: the declarative files of ``search_spaces/`` (TOML or YAML) and the Python API.
+
+A problem file has these tables::
+
+    [problem]      name, description, dtype
+    [dims]         n = 4000 (a free dimension and its default) or k = "n // 2" (derived)
+    [inputs]       X = { shape = ["n", "n"], properties = ["positive_definite"] }
+    [definitions]  S = "R + H*Sigma*H.T"            (named intermediate results)
+    [outputs]      x = "mu + Sigma*H.T*inv(S)*(H*mu - data)"
+    [search]       the knobs that apply and their ranges (see autotune.space)
+
+Every mistake raises :class:`SpecError` naming the file, the field and the valid choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sympy as sp
+import yaml
+from sympy.matrices.expressions import MatrixExpr, MatrixSymbol
+
+from .errors import SpecError
+from .formula import FUNCTIONS, formula_names, parse_dim_formula, parse_formula
+from .properties import FactBase, Facts, validate_properties
+
+__all__ = ["Problem", "InputSpec", "load_problem", "parse_problem", "problem_names"]
+
+TOP_LEVEL = ("problem", "dims", "inputs", "definitions", "outputs", "search")
+INPUT_KEYS = ("shape", "properties", "description")
+DTYPES = ("float64", "float32")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
+RESERVED = set(FUNCTIONS) | {"T"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[str | int, ...]  # () scalar, (r, c) matrix; dims by name or integer
+    properties: tuple[str, ...]  # canonical, as declared (not closed)
+    description: str = ""
+
+    @property
+    def is_scalar(self) -> bool:
+        return len(self.shape) == 0
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """A validated problem. Build with :func:`parse_problem`, :func:`load_problem` or
+    :meth:`Problem.from_sympy`."""
+
+    name: str
+    description: str
+    dims: dict[str, int | str]  # free dims: default int; derived: formula text
+    inputs: dict[str, InputSpec]
+    definitions: dict[str, str]
+    outputs: dict[str, str]
+    search: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float64"
+    source: str = ""  # the spec text as written (stored in plans)
+    origin: str = "<python>"  # file path or '<python>'
+
+    # -- identity ----------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and (self.source, self.origin) == (
+            other.source,
+            other.origin,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.source, self.origin))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    # -- dimensions --------------------------------------------------------------------
+    @cached_property
+    def dim_symbols(self) -> dict[str, sp.Symbol]:
+        return {d: sp.Symbol(d, integer=True, positive=True) for d in self.dims}
+
+    @property
+    def free_dims(self) -> list[str]:
+        return [d for d, v in self.dims.items() if isinstance(v, int)]
+
+    def resolve_dims(self, overrides: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Concrete values of every dimension, from defaults, formulas and ``overrides``."""
+        overrides = dict(overrides or {})
+        for name, value in overrides.items():
+            if name not in self.dims:
+                raise SpecError(
+                    f"{self.origin}: unknown dimension {name!r}; dimensions: "
+                    f"{', '.join(self.dims)}"
+                )
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecError(
+                    f"{self.origin}: dimension {name} must be a positive integer, got {value!r}"
+                )
+        out: dict[str, int] = {}
+        visiting: list[str] = []
+
+        def value_of(name: str) -> int:
+            if name in out:
+                return out[name]
+            if name in overrides:
+                out[name] = overrides[name]
+                return out[name]
+            spec = self.dims[name]
+            if isinstance(spec, int):
+                out[name] = spec
+                return spec
+            if name in visiting:
+                cycle = " -> ".join(visiting[visiting.index(name) :] + [name])
+                raise SpecError(f"{self.origin}: dims: cyclic definition {cycle}")
+            visiting.append(name)
+            fn = parse_dim_formula(spec, f"{self.origin}: dims.{name}")
+            env = {d: value_of(d) for d in fn.names if d in self.dims}  # type: ignore[attr-defined]
+            visiting.pop()
+            v = fn(env)
+            if v < 1:
+                raise SpecError(
+                    f"{self.origin}: dims.{name} = {spec!r} gives {v}; a dimension must be a "
+                    f"positive integer (with {', '.join(f'{k}={x}' for k, x in env.items())})"
+                )
+            out[name] = v
+            return v
+
+        for name in self.dims:
+            value_of(name)
+        return out
+
+    # -- symbols -----------------------------------------------------------------------
+    def _size(self, s: str | int) -> sp.Basic:
+        return sp.Integer(s) if isinstance(s, int) else self.dim_symbols[s]
+
+    @cached_property
+    def symbols(self) -> dict[str, sp.Basic]:
+        """Input name -> ``MatrixSymbol`` (or a scalar ``Symbol``)."""
+        out: dict[str, sp.Basic] = {}
+        for name, spec in self.inputs.items():
+            if spec.is_scalar:
+                out[name] = sp.Symbol(name, real=True)
+            else:
+                out[name] = MatrixSymbol(name, self._size(spec.shape[0]), self._size(spec.shape[1]))
+        return out
+
+    def facts(self, dims: Mapping[str, int] | None = None) -> FactBase:
+        """A fact base with the declared properties; ``dims`` (concrete) lets inference tell
+        wide from tall matrices."""
+        fb = FactBase()
+        values = self.resolve_dims(dims)
+        fb.dims = {self.dim_symbols[d]: v for d, v in values.items()}
+        for name, spec in self.inputs.items():
+            fb.declare(self.symbols[name], spec.properties)
+        return fb
+
+    def declared(self, name: str) -> Facts:
+        sym = self.symbols[name]
+        shape = None if self.inputs[name].is_scalar else sym.shape
+        return validate_properties(self.inputs[name].properties, shape, name)
+
+    @cached_property
+    def expressions(self) -> dict[str, sp.Basic]:
+        """Definitions and outputs as SymPy expressions over the inputs (definitions
+        inlined)."""
+        return _parse_formulas(self)
+
+    @property
+    def output_exprs(self) -> dict[str, sp.Basic]:
+        return {name: self.expressions[name] for name in self.outputs}
+
+    def shape_of(self, name: str, dims: Mapping[str, int]) -> tuple[int, ...]:
+        """Concrete shape of an input or output."""
+        e = self.symbols.get(name)
+        if e is None:
+            e = self.expressions[name]
+        if not isinstance(e, MatrixExpr):
+            return ()
+        subs = {self.dim_symbols[d]: v for d, v in dims.items()}
+        return (int(sp.sympify(e.shape[0]).subs(subs)), int(sp.sympify(e.shape[1]).subs(subs)))
+
+    # -- Python API ----------------------------------------------------------------------
+    @classmethod
+    def from_sympy(
+        cls,
+        outputs: Mapping[str, sp.Basic],
+        properties: Mapping[sp.Basic, list[str]] | None = None,
+        dims: Mapping[sp.Symbol | str, int | str] | None = None,
+        name: str = "problem",
+        description: str = "",
+        search: Mapping[str, Any] | None = None,
+        dtype: str = "float64",
+    ) -> Problem:
+        """Build a problem from SymPy matrix expressions.
+
+        ``outputs`` maps names to expressions over ``MatrixSymbol`` inputs whose shapes are
+        dimension symbols or integers; ``properties`` maps input symbols to property names;
+        ``dims`` gives each dimension symbol its default value (or a formula string). The
+        problem is serialized to the file format so that plans can store and re-derive it.
+        """
+        from .formula import tokenize  # noqa: F401  (keeps the dependency explicit)
+
+        properties = dict(properties or {})
+        atoms: dict[str, sp.Basic] = {}
+        for expr in outputs.values():
+            for a in sp.sympify(expr).atoms(MatrixSymbol):
+                atoms[a.name] = a
+            for a in sp.sympify(expr).free_symbols:
+                if isinstance(a, sp.Symbol) and not isinstance(a, MatrixSymbol):
+                    if not any(a in (m.shape[0], m.shape[1]) for m in atoms.values()):
+                        atoms.setdefault(a.name, a)
+        dim_names: dict[str, int | str] = {}
+        for k, v in (dims or {}).items():
+            dim_names[str(k)] = v
+        for a in list(atoms.values()):
+            if isinstance(a, MatrixSymbol):
+                for s in a.shape:
+                    if isinstance(s, sp.Symbol):
+                        atoms.pop(s.name, None)
+                        if s.name not in dim_names:
+                            raise SpecError(
+                                f"from_sympy: dimension {s.name} of {a.name} has no value; "
+                                f"pass dims={{{s.name}: ...}}"
+                            )
+        lines = [f'[problem]\nname = "{name}"\ndescription = "{description}"\n'
+                 f'dtype = "{dtype}"\n\n[dims]']
+        for d, v in dim_names.items():
+            lines.append(f'{d} = "{v}"' if isinstance(v, str) else f"{d} = {v}")
+        lines.append("\n[inputs]")
+        for nm, a in atoms.items():
+            props = [p for s, ps in properties.items() if getattr(s, "name", s) == nm for p in ps]
+            if isinstance(a, MatrixSymbol):
+                shape = ", ".join(_dim_text(s) for s in a.shape)
+                lines.append(f"{nm} = {{ shape = [{shape}], properties = {_toml_list(props)} }}")
+            else:
+                lines.append(f"{nm} = {{ shape = [], properties = {_toml_list(props)} }}")
+        lines.append("\n[outputs]")
+        for nm, expr in outputs.items():
+            lines.append(f'{nm} = "{_formula_text(sp.sympify(expr))}"')
+        text = "\n".join(lines) + "\n"
+        if search:
+            import tomli_w
+
+            text += "\n" + tomli_w.dumps({"search": dict(search)})
+        return parse_problem(text, origin=f"<from_sympy:{name}>")
+
+
+def _dim_text(s: sp.Basic) -> str:
+    return f'"{s.name}"' if isinstance(s, sp.Symbol) else str(int(s))
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def _formula_text(e: sp.Basic) -> str:
+    """Print a SymPy matrix expression in the formula language (round-trips through the
+    parser)."""
+    from sympy.matrices.expressions import Identity, Inverse, MatAdd, MatMul, MatPow, Transpose
+
+    if isinstance(e, MatrixSymbol) or isinstance(e, sp.Symbol):
+        return e.name
+    if isinstance(e, Identity):
+        return f"eye({e.shape[0]})"
+    if isinstance(e, Transpose):
+        return f"transpose({_formula_text(e.arg)})"
+    if isinstance(e, Inverse):
+        return f"inv({_formula_text(e.arg)})"
+    if isinstance(e, MatPow) and e.exp.is_Integer:
+        base = _formula_text(e.base if e.exp > 0 else Inverse(e.base))
+        return "*".join([f"({base})"] * abs(int(e.exp)))
+    if isinstance(e, (MatMul, sp.Mul)):
+        return "*".join(f"({_formula_text(a)})" for a in e.args)
+    if isinstance(e, (MatAdd, sp.Add)):
+        return " + ".join(f"({_formula_text(a)})" for a in e.args)
+    if e.is_Integer or e.is_Float:
+        return f"({e})" if e < 0 else str(e)
+    if e.is_Rational:
+        return f"({e.p}/{e.q})"
+    raise SpecError(f"from_sympy: cannot express {e} ({type(e).__name__}) in the formula language")
+
+
+# -- parsing files -------------------------------------------------------------------------
+
+
+def _expect_table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: expected a table (mapping), got {type(value).__name__}")
+    return value
+
+
+def _check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not _IDENT.match(name):
+        raise SpecError(f"{where}: {name!r} is not a valid name (letters, digits, '_')")
+    if name in RESERVED:
+        raise SpecError(f"{where}: {name!r} is reserved (functions: {', '.join(FUNCTIONS)})")
+    return name
+
+
+def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -> Problem:
+    """Parse and validate problem text (TOML, or YAML when ``fmt='yaml'`` or the origin ends
+    in ``.yaml``/``.yml``)."""
+    if fmt is None:
+        fmt = "yaml" if origin.endswith((".yaml", ".yml")) else "toml"
+    try:
+        if fmt == "yaml":
+            data = yaml.safe_load(text)
+        else:
+            data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{origin}: not valid TOML: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{origin}: not valid YAML: {exc}") from exc
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise SpecError(f"{origin}: cannot read the file: {exc}") from exc
+    if data is None:
+        data = {}
+    data = _expect_table(data, origin)
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise SpecError(
+                f"{origin}: unknown table {key!r}; valid tables: {', '.join(TOP_LEVEL)}"
+            )
+    meta = _expect_table(data.get("problem", {}), f"{origin}: [problem]")
+    for key in meta:
+        if key not in ("name", "description", "dtype"):
+            raise SpecError(
+                f"{origin}: [problem]: unknown field {key!r}; valid: name, description, dtype"
+            )
+    default_name = Path(origin).stem if not origin.startswith("<") else "problem"
+    name = meta.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"{origin}: [problem].name must be a non-empty string")
+    description = meta.get("description", "")
+    if not isinstance(description, str):
+        raise SpecError(f"{origin}: [problem].description must be a string")
+    dtype = meta.get("dtype", "float64")
+    if dtype not in DTYPES:
+        raise SpecError(f"{origin}: [problem].dtype {dtype!r} is not supported; valid: {DTYPES}")
+
+    dims: dict[str, int | str] = {}
+    for dname, value in _expect_table(data.get("dims", {}), f"{origin}: [dims]").items():
+        where = f"{origin}: dims.{dname}"
+        _check_name(dname, where)
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise SpecError(
+                f"{where}: must be a positive integer or a formula string such as \"n // 2\", "
+                f"got {value!r}"
+            )
+        if isinstance(value, int) and value < 1:
+            raise SpecError(f"{where}: a dimension must be a positive integer, got {value}")
+        if isinstance(value, str):
+            fn = parse_dim_formula(value, where)
+            for ref in fn.names:  # type: ignore[attr-defined]
+                if ref not in data.get("dims", {}):
+                    raise SpecError(
+                        f"{where}: {value!r} refers to unknown dimension {ref!r}; dimensions: "
+                        f"{', '.join(data.get('dims', {}))}"
+                    )
+        dims[dname] = value
+
+    inputs: dict[str, InputSpec] = {}
+    raw_inputs = _expect_table(data.get("inputs", {}), f"{origin}: [inputs]")
+    if not raw_inputs:
+        raise SpecError(f"{origin}: [inputs] is empty; declare at least one input")
+    for iname, spec in raw_inputs.items():
+        where = f"{origin}: inputs.{iname}"
+        _check_name(iname, where)
+        if iname in dims:
+            raise SpecError(f"{where}: the name {iname!r} is already a dimension")
+        spec = _expect_table(spec, where)
+        for key in spec:
+            if key not in INPUT_KEYS:
+                raise SpecError(
+                    f"{where}: unknown field {key!r}; valid fields: {', '.join(INPUT_KEYS)}"
+                )
+        if "shape" not in spec:
+            raise SpecError(f"{where}: missing field 'shape' (e.g. shape = [\"n\", \"n\"])")
+        shape = _parse_shape(spec["shape"], dims, where)
+        props = spec.get("properties", [])
+        if isinstance(props, str):
+            props = [props]
+        if not isinstance(props, list):
+            raise SpecError(f"{where}.properties: expected a list of property names")
+        sym_shape = None if not shape else tuple(
+            sp.Integer(s) if isinstance(s, int) else sp.Symbol(s) for s in shape
+        )
+        closed = validate_properties(props, sym_shape, f"{where}.properties")  # type: ignore[arg-type]
+        declared = tuple(p for p in _canonical_list(props, f"{where}.properties") if p in closed)
+        desc = spec.get("description", "")
+        if not isinstance(desc, str):
+            raise SpecError(f"{where}.description must be a string")
+        inputs[iname] = InputSpec(iname, shape, declared, desc)
+
+    definitions = _formula_table(data.get("definitions", {}), f"{origin}: [definitions]")
+    outputs = _formula_table(data.get("outputs", {}), f"{origin}: [outputs]")
+    if not outputs:
+        raise SpecError(f"{origin}: [outputs] is empty; give at least one output formula")
+    for nm in list(definitions) + list(outputs):
+        if nm in inputs or nm in dims:
+            raise SpecError(f"{origin}: {nm!r} is defined twice (as an input or dimension too)")
+    for nm in definitions:
+        if nm in outputs:
+            raise SpecError(f"{origin}: {nm!r} is both a definition and an output")
+
+    search = _expect_table(data.get("search", {}), f"{origin}: [search]")
+    problem = Problem(
+        name=name,
+        description=description,
+        dims=dims,
+        inputs=inputs,
+        definitions=definitions,
+        outputs=outputs,
+        search=search,
+        dtype=dtype,
+        source=text,
+        origin=origin,
+    )
+    problem.resolve_dims()  # dims formulas evaluate at the defaults
+    _ = problem.expressions  # parse every formula now: errors surface at load time
+    from .space import validate_search  # late import: space depends on spec
+
+    validate_search(problem)
+    return problem
+
+
+def _canonical_list(props: list[Any], where: str) -> list[str]:
+    from .properties import normalize_property
+
+    return [normalize_property(p, where) for p in props]
+
+
+def _parse_shape(shape: Any, dims: Mapping[str, Any], where: str) -> tuple[str | int, ...]:
+    if shape in ("scalar", []):
+        return ()
+    if isinstance(shape, (str, int)) and not isinstance(shape, bool):
+        shape = [shape]
+    if not isinstance(shape, list) or len(shape) > 2:
+        raise SpecError(
+            f"{where}.shape: expected [rows, cols], [rows] (a column vector) or [] (a scalar), "
+            f"got {shape!r}"
+        )
+    out: list[str | int] = []
+    for s in shape:
+        if isinstance(s, bool):
+            raise SpecError(f"{where}.shape: {s!r} is not a dimension")
+        if isinstance(s, int):
+            if s < 1:
+                raise SpecError(f"{where}.shape: sizes must be positive, got {s}")
+            out.append(s)
+        elif isinstance(s, str):
+            if s not in dims:
+                close = difflib.get_close_matches(s, list(dims), n=2)
+                hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+                raise SpecError(
+                    f"{where}.shape: unknown dimension {s!r}{hint}; dimensions: "
+                    f"{', '.join(dims) or '(none declared in [dims])'}"
+                )
+            out.append(s)
+        else:
+            raise SpecError(f"{where}.shape: {s!r} is not a dimension name or a positive integer")
+    if len(out) == 1:
+        out.append(1)
+    return tuple(out)
+
+
+def _formula_table(raw: Any, where: str) -> dict[str, str]:
+    table = _expect_table(raw, where)
+    out: dict[str, str] = {}
+    for nm, text in table.items():
+        _check_name(nm, f"{where}.{nm}")
+        if not isinstance(text, str):
+            raise SpecError(f"{where}.{nm}: expected a formula string, got {text!r}")
+        out[nm] = text
+    return out
+
+
+def _parse_formulas(problem: Problem) -> dict[str, sp.Basic]:
+    names: dict[str, sp.Basic] = dict(problem.symbols)
+    formulas = {**problem.definitions, **problem.outputs}
+    where_of = {nm: f"{problem.origin}: definitions.{nm}" for nm in problem.definitions}
+    where_of.update({nm: f"{problem.origin}: outputs.{nm}" for nm in problem.outputs})
+    done: dict[str, sp.Basic] = {}
+    stack: list[str] = []
+
+    def build(nm: str) -> sp.Basic:
+        if nm in done:
+            return done[nm]
+        if nm in stack:
+            cycle = " -> ".join(stack[stack.index(nm) :] + [nm])
+            raise SpecError(f"{where_of[nm]}: cyclic definition {cycle}")
+        stack.append(nm)
+        env = dict(names)
+        for ref in formula_names(formulas[nm], where_of[nm]):
+            if ref in problem.outputs and ref != nm:
+                raise SpecError(
+                    f"{where_of[nm]}: refers to output {ref!r}; move the shared part to "
+                    "[definitions]"
+                )
+            if ref in formulas and ref != nm:
+                env[ref] = build(ref)
+            elif ref == nm:
+                stack.append(nm)
+                cycle = " -> ".join(stack[stack.index(nm) :])
+                raise SpecError(f"{where_of[nm]}: cyclic definition {cycle}")
+        expr = parse_formula(formulas[nm], env, problem.dim_symbols, where_of[nm])
+        stack.pop()
+        done[nm] = expr
+        return expr
+
+    for nm in formulas:
+        build(nm)
+    for nm in problem.outputs:
+        if not isinstance(done[nm], (MatrixExpr, sp.Expr)):
+            raise SpecError(f"{where_of[nm]}: not a matrix or scalar expression")
+    return done
+
+
+# -- locating files ----------------------------------------------------------------------
+
+
+def _embedded_dir() -> Path:
+    return Path(str(resources.files("autotune.search_spaces")))
+
+
+def _search_dirs() -> list[Path]:
+    dirs = [Path.cwd() / "search_spaces", _embedded_dir()]
+    seen: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and all(d.resolve() != s.resolve() for s in seen):
+            seen.append(d)
+    return seen
+
+
+def problem_names() -> list[str]:
+    names: list[str] = []
+    for d in _search_dirs():
+        for p in sorted(d.iterdir()):
+            if p.suffix in (".toml", ".yaml", ".yml") and p.stem not in names:
+                names.append(p.stem)
+    return names
+
+
+def load_problem(name_or_path: str | Path) -> Problem:
+    """Load a problem by name (a file in ``search_spaces/``) or by path."""
+    p = Path(name_or_path)
+    if p.suffix in (".toml", ".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise SpecError(f"{p}: no such problem file")
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(f"{p}: cannot read: {exc}") from exc
+        return parse_problem(text, origin=str(p))
+    for d in _search_dirs():
+        for suffix in (".toml", ".yaml", ".yml"):
+            f = d / f"{name_or_path}{suffix}"
+            if f.is_file():
+                return parse_problem(f.read_text(), origin=f"search_spaces/{f.name}")
+    names = problem_names()
+    close = difflib.get_close_matches(str(name_or_path), names, n=2)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise SpecError(
+        f"unknown problem {str(name_or_path)!r}{hint}; problems: {', '.join(names)}, "
+        "or a path to a .toml/.yaml file"
+    )
