@@ -55,7 +55,7 @@ from .spec import Problem, _formula_text
 
 __all__ = ["Blocked", "block_problem", "factor_common", "cache_dir"]
 
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 
 @dataclass
@@ -246,14 +246,20 @@ def inverse_labels(problem: Problem, fb: FactBase) -> dict[sp.Basic, str]:
 
 
 def block_problem(problem: Problem, blocks: dict[str, int], fb: FactBase) -> Blocked:
-    """Block every input along the blocked dims and collapse the outputs (cached)."""
+    """Block every input along the blocked dims and collapse the outputs (cached).
+
+    Fresh derivations are written in the formula language and read back, exactly as cached
+    ones are, so a plan derives the same program whether or not the cache was warm."""
     key = _cache_key(problem, blocks)
     cached = _MEMORY.get(key)
     if cached is None:
-        cached = _load(problem, blocks, key, fb)
+        data = _read(key)
+        cached = _deserialize(problem, blocks, fb, data) if data is not None else None
         if cached is None:
-            cached = _derive(problem, blocks, fb)
-            _store(key, cached)
+            data = _serialize(_derive(problem, blocks, fb))
+            _write(key, data)
+            cached = _deserialize(problem, blocks, fb, data)
+            assert cached is not None
         _MEMORY[key] = cached
     for sym, props in cached.facts:
         if isinstance(sym, MatrixSymbol):
@@ -408,32 +414,39 @@ def _cache_key(problem: Problem, blocks: dict[str, int]) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:24]
 
 
-def _store(key: str, b: Blocked) -> None:
+def _serialize(b: Blocked) -> dict:
+    return {
+        "blocks": b.blocks,
+        "lets": [[sym.name, _formula_text(v)] for sym, v in b.lets],
+        "outputs": {
+            o: [[_formula_text(x) for x in row] for row in grid] for o, grid in b.outputs.items()
+        },
+    }
+
+
+def _read(key: str) -> dict | None:
+    path = cache_dir() / "derivations" / f"{key}.json"
     try:
-        data = {
-            "blocks": b.blocks,
-            "lets": [[s.name, _formula_text(v)] for s, v in b.lets],
-            "outputs": {
-                o: [[_formula_text(x) for x in row] for row in grid] for o, grid in b.outputs.items()
-            },
-        }
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None  # a damaged entry is re-derived
+
+
+def _write(key: str, data: dict) -> None:
+    try:
         d = cache_dir() / "derivations"
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f".{key}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(data, sort_keys=True))
         os.replace(tmp, d / f"{key}.json")
-    except Exception:  # noqa: BLE001 - a cache that cannot be written is only slower
-        pass
+    except OSError:
+        pass  # a cache that cannot be written only makes the next run slower
 
 
-def _load(problem: Problem, blocks: dict[str, int], key: str, fb: FactBase) -> Blocked | None:
-    """Rebuild the symbols deterministically and parse the cached formulas back."""
-    path = cache_dir() / "derivations" / f"{key}.json"
-    if not path.is_file():
-        return None
+def _deserialize(problem: Problem, blocks: dict[str, int], fb: FactBase, data: dict):
+    """Rebuild the symbols deterministically (cheap) and parse the formulas back with the
+    safe parser."""
     try:
-        data = json.loads(path.read_text())
-        # the symbols (blocks, lets, facts) are rebuilt by a derivation skeleton: cheap
         skeleton = _derive_symbols(problem, blocks, fb)
         env: dict[str, sp.Basic] = {s.name: s for s in skeleton.slices}
         for s, _ in skeleton.lets:
@@ -443,15 +456,15 @@ def _load(problem: Problem, blocks: dict[str, int], key: str, fb: FactBase) -> B
         dims = {s.name: s for syms in skeleton.size_symbols.values() for s in syms}
         dims.update(problem.dim_symbols)
         lets = [(env[n], parse_formula(v, env, dims, "cache")) for n, v in data["lets"]]
-        outputs = {
-            o: [[parse_formula(x, env, dims, "cache") for x in row] for row in grid]
-            for o, grid in data["outputs"].items()
+        outputs = {  # in the problem's order (the file's keys are sorted)
+            o: [[parse_formula(x, env, dims, "cache") for x in row] for row in data["outputs"][o]]
+            for o in problem.outputs
         }
-        skeleton.lets = lets
-        skeleton.outputs = outputs
-        return skeleton
-    except Exception:  # noqa: BLE001 - a stale or damaged cache entry is re-derived
+    except (KeyError, TypeError, ValueError):
         return None
+    skeleton.lets = lets
+    skeleton.outputs = outputs
+    return skeleton
 
 
 def _derive_symbols(problem: Problem, blocks: dict[str, int], fb: FactBase) -> Blocked:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 import tomllib
 from collections.abc import Mapping
@@ -232,10 +233,10 @@ class Problem:
                                 f"from_sympy: dimension {s.name} of {a.name} has no value; "
                                 f"pass dims={{{s.name}: ...}}"
                             )
-        lines = [f'[problem]\nname = "{name}"\ndescription = "{description}"\n'
-                 f'dtype = "{dtype}"\n\n[dims]']
+        lines = [f"[problem]\nname = {_toml_str(name)}\ndescription = {_toml_str(description)}\n"
+                 f"dtype = {_toml_str(dtype)}\n\n[dims]"]
         for d, v in dim_names.items():
-            lines.append(f'{d} = "{v}"' if isinstance(v, str) else f"{d} = {v}")
+            lines.append(f"{d} = {_toml_str(v)}" if isinstance(v, str) else f"{d} = {v}")
         lines.append("\n[inputs]")
         for nm, a in atoms.items():
             props = [p for s, ps in properties.items() if getattr(s, "name", s) == nm for p in ps]
@@ -246,7 +247,7 @@ class Problem:
                 lines.append(f"{nm} = {{ shape = [], properties = {_toml_list(props)} }}")
         lines.append("\n[outputs]")
         for nm, expr in outputs.items():
-            lines.append(f'{nm} = "{_formula_text(sp.sympify(expr))}"')
+            lines.append(f"{nm} = {_toml_str(_formula_text(sp.sympify(expr)))}")
         text = "\n".join(lines) + "\n"
         if search:
             import tomli_w
@@ -256,11 +257,23 @@ class Problem:
 
 
 def _dim_text(s: sp.Basic) -> str:
-    return f'"{s.name}"' if isinstance(s, sp.Symbol) else str(int(s))
+    if isinstance(s, sp.Symbol):
+        return _toml_str(s.name)
+    if getattr(s, "is_Integer", False):
+        return str(int(s))
+    raise SpecError(
+        f"from_sympy: a matrix dimension must be a dimension symbol or an integer, got {s}; "
+        "declare a derived dimension instead (dims={k: 'n // 2'})"
+    )
+
+
+def _toml_str(text: object) -> str:
+    """A TOML basic string (JSON's escapes are valid TOML)."""
+    return json.dumps(str(text))
 
 
 def _toml_list(items: list[str]) -> str:
-    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+    return "[" + ", ".join(_toml_str(i) for i in items) + "]"
 
 
 def _formula_text(e: sp.Basic) -> str:
@@ -279,7 +292,15 @@ def _formula_text(e: sp.Basic) -> str:
     if isinstance(e, MatPow) and e.exp.is_Integer:
         base = _formula_text(e.base if e.exp > 0 else Inverse(e.base))
         return "*".join([f"({base})"] * abs(int(e.exp)))
-    if isinstance(e, (MatMul, sp.Mul)):
+    if isinstance(e, MatMul):
+        # the coefficient multiplies the product of the matrices as a whole: "c*(A*(B + C))"
+        # parses back without the coefficient being distributed into the sum
+        scalars = [a for a in e.args if not isinstance(a, MatrixExpr)]
+        mats = "*".join(f"({_formula_text(a)})" for a in e.args if isinstance(a, MatrixExpr))
+        if not scalars:
+            return mats
+        return "*".join(f"({_formula_text(a)})" for a in scalars) + f"*({mats})"
+    if isinstance(e, sp.Mul):
         return "*".join(f"({_formula_text(a)})" for a in e.args)
     if isinstance(e, (MatAdd, sp.Add)):
         return " + ".join(f"({_formula_text(a)})" for a in e.args)
