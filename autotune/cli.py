@@ -1,0 +1,203 @@
+"""The command line: ``autotune run | show | report | targets | problems``.
+
+Each command reads its input, builds the domain objects, and prints; every user mistake is a
+one-line error naming the option and the valid choices (exit code 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .targets import configure_environment
+
+configure_environment()  # before numpy/scipy/pytensor load: OpenBLAS thread pools, BLAS flags
+
+from .errors import AutotuneError  # noqa: E402
+
+
+def _fail(msg: str) -> None:
+    raise click.UsageError(msg)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AutotuneError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="autotune")
+def main() -> None:
+    """autotune: benchmark-driven tuning of dense matrix computations.
+
+    State the computation in a problem file, and autotune derives equivalent ways to compute
+    it (SymPy), compiles each for this machine (PyTensor), checks it against a float64
+    reference, times it, searches the space (Optuna), and leaves the fastest correct plan.
+    """
+
+
+def _parse_dims(n: int | None, dim: tuple[str, ...], problem) -> dict[str, int]:
+    overrides: dict[str, int] = {}
+    if n is not None:
+        if "n" not in problem.dims:
+            _fail(f"--n: problem {problem.name!r} has no dimension n; dimensions: "
+                  f"{', '.join(problem.dims)} (use --dim NAME=VALUE)")
+        overrides["n"] = n
+    for item in dim:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            _fail(f"--dim {item!r}: expected NAME=VALUE, e.g. --dim k=1000")
+        try:
+            overrides[name.strip()] = int(value)
+        except ValueError:
+            _fail(f"--dim {item!r}: {value!r} is not an integer")
+    return problem.resolve_dims(overrides)
+
+
+def _default_targets() -> list[str]:
+    from .targets import available_targets, cpu_threads
+
+    out = []
+    for t in sorted(available_targets(), key=lambda t: (t.backend != "numba", -t.threads)):
+        if t.backend == "numba" or t.device == "cuda" or t.threads == cpu_threads():
+            if t.backend == "pytorch":
+                continue  # no Cholesky in PyTensor's PyTorch backend: ask for it explicitly
+            out.append(t.name)
+    return out  # the first (numba, all threads) also runs the baselines
+
+
+@main.command()
+@click.option("--problem", "problem_name", default="kalman", show_default=True,
+              help="A problem name in search_spaces/ or a path to a .toml/.yaml file.")
+@click.option("--n", type=click.IntRange(min=1), default=None,
+              help="Size of the dimension n (others follow their formulas).")
+@click.option("--dim", multiple=True, metavar="NAME=VALUE", help="Set any dimension.")
+@click.option("--trials", type=click.IntRange(min=1), default=24, show_default=True,
+              help="Candidates to measure in the search.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="Seconds for the search phase (the final round comes after).")
+@click.option("--target", "targets", multiple=True,
+              help="Target to search (repeatable): numba-t2, c-t1, jax-cpu, pytorch-cuda, ...")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the sampler and of the random instance.")
+@click.option("--storage", default=None,
+              help="Optuna storage URL (default: sqlite in --out); e.g. postgresql://...")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes tuning the study together (they share the machine).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results"), show_default=True,
+              help="Folder for the plan, the study and the trials table.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run(problem_name: str, n: int | None, dim: tuple[str, ...], trials: int, timeout: float,
+        targets: tuple[str, ...], dtype: str, seed: int, storage: str | None, jobs: int,
+        out: Path, quiet: bool) -> None:
+    """Tune a problem on this machine and store the best plan (default: the Kalman filter)."""
+    from .spec import load_problem
+    from .targets import check_available, parse_target
+
+    problem = load_problem(problem_name)
+    dims = _parse_dims(n, dim, problem)
+    names = list(targets) or _default_targets()
+    for t in names:
+        check_available(parse_target(t))
+    names = [parse_target(t).name for t in names]
+    from .search import SearchConfig
+
+    config = SearchConfig(trials=trials, timeout=timeout, targets=names, dtype=dtype, seed=seed,
+                          storage=storage, out=out)
+    from .runner import run_tuning
+
+    run_tuning(problem, dims, config, jobs=jobs, quiet=quiet)
+
+
+@main.command()
+@click.argument("plan", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw artifact.")
+@click.option("--graph", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw the plan's computation as a DAG (.svg, .png or .pdf).")
+def show(plan: Path, as_json: bool, graph: Path | None) -> None:
+    """Describe a stored plan."""
+    from .plan import read_plan
+
+    p = read_plan(plan)
+    if as_json:
+        click.echo(json.dumps(p.content, indent=1, sort_keys=True))
+        return
+    from .runner import describe_plan
+
+    describe_plan(p)
+    if graph is not None:
+        from .graph import draw_plan
+
+        path = draw_plan(p, graph)
+        click.echo(f"graph written to {path}")
+
+
+@main.command()
+@click.option("--problem", "problem_name", default="kalman", show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=None)
+@click.option("--dim", multiple=True, metavar="NAME=VALUE")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64")
+@click.option("--storage", default=None)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"))
+def report(problem_name: str, n: int | None, dim: tuple[str, ...], dtype: str,
+           storage: str | None, out: Path) -> None:
+    """Save the study's trials as a CSV table and plot its history and parameter importance."""
+    from .runner import write_report
+    from .spec import load_problem
+
+    problem = load_problem(problem_name)
+    dims = _parse_dims(n, dim, problem)
+    for path in write_report(problem, dims, dtype, storage, out):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+def targets() -> None:
+    """List the targets this machine offers, and why the others are missing."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .targets import list_targets
+
+    table = Table(title="targets")
+    for col in ("target", "available", "threads", "reason / detail"):
+        table.add_column(col)
+    for info in list_targets():
+        threads = ", ".join(str(t) for t in info.threads) or "-"
+        table.add_row(info.name, "yes" if info.available else "no", threads,
+                      info.reason if not info.available else (info.detail or ""))
+    Console().print(table)
+
+
+@main.command()
+def problems() -> None:
+    """List the problems shipped in search_spaces/."""
+    from .spec import load_problem, problem_names
+
+    for name in problem_names():
+        p = load_problem(name)
+        click.echo(f"{name:10s} {p.description}")
+
+
+def _fmt_s(x: float) -> str:
+    if not math.isfinite(x):
+        return "-"
+    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.3f} s"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()

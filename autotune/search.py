@@ -1,0 +1,300 @@
+"""The search: an Optuna study over the knobs and targets, then an interleaved final round.
+
+* the named points (``naive``, ``seed-2x2``, ``flop-optimal``) are enqueued first;
+* TPE by default, exhaustive (grid) when the space is smaller than the budget;
+* the cost model prunes what cannot win (predicted time from FLOPs and the DGEMM rate), and a
+  low-fidelity screen (a quarter of the size) drops candidates clearly slower than the best;
+* failures (compile errors, inaccurate answers, crashes, timeouts) are recorded trials with
+  their reason, never the end of the run;
+* a final round re-times the best few and the baselines interleaved (A B C A B C ...) before
+  choosing, so the winner is not a lucky sample.
+
+The study lives in an SQLite file under the output folder by default (``--storage`` takes
+any Optuna RDB URL, PostgreSQL included), so a run can be resumed and several processes can
+tune one study. Measurement is injected (``measure``), so the search logic can be tested
+with a fake, noiseless backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AutotuneError
+from .measure import Job, Measurement, TimingPolicy
+from .space import NAMED_POINTS, knob_space, named_point
+from .spec import Problem
+
+__all__ = ["SearchConfig", "SearchResult", "tune", "study_name", "space_for"]
+
+TARGET_PARAM = "target"
+
+
+@dataclass
+class SearchConfig:
+    trials: int = 24
+    timeout: float = 600.0  # seconds for the search phase
+    targets: Sequence[str] = ("numba",)
+    dtype: str = "float64"
+    seed: int = 0
+    storage: str | None = None  # Optuna storage URL; default: sqlite in out/
+    out: Path = Path("results")
+    final_round_top: int = 3
+    final_round_repeats: int = 3
+    low_fidelity: bool = True
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+    candidate_timeout: float = 300.0
+
+
+@dataclass
+class Entry:
+    """A measured candidate: knobs + target and its measurement at the full size."""
+
+    knobs: dict[str, Any]
+    target: str
+    measurement: Measurement
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        return repr((sorted(self.knobs.items()), self.target))
+
+
+@dataclass
+class SearchResult:
+    best: Entry
+    final: dict[str, list[float]]  # entry key -> final-round samples
+    entries: dict[str, Entry]
+    baselines: dict[str, Entry]
+    study_name: str
+    storage: str
+    trials: int
+    interrupted: bool = False
+    dgemm_flops: float = 0.0
+
+
+def study_name(problem: Problem, dims: Mapping[str, int], dtype: str) -> str:
+    sizes = "-".join(f"{k}{v}" for k, v in sorted(dims.items()))
+    return f"{problem.name}-{problem.sha256[:10]}-{sizes}-{dtype}"
+
+
+def space_for(problem: Problem, dims: Mapping[str, int], targets: Sequence[str]) -> dict:
+    """The categorical choices of every knob, plus the target."""
+    space = {k: list(v) for k, v in knob_space(problem, dims).items()}
+    space[TARGET_PARAM] = list(targets)
+    return space
+
+
+def _space_size(space: Mapping[str, list]) -> int:
+    return math.prod(len(v) for v in space.values())
+
+
+def _low_dims(problem: Problem, dims: Mapping[str, int]) -> dict[str, int] | None:
+    free = problem.free_dims
+    if not free:
+        return None
+    scaled = {d: max(8, dims[d] // 4) for d in free if d in dims}
+    low = problem.resolve_dims(scaled)
+    return low if max(low.values()) < max(dims.values()) else None
+
+
+def tune(
+    problem: Problem,
+    dims: Mapping[str, int],
+    config: SearchConfig,
+    measure: Callable[[Job, float], Measurement],
+    dgemm_rate: Callable[[int, int], float] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> SearchResult:
+    """Run the study and the final round; return the result (the caller writes the plan)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dims = dict(dims)
+    space = space_for(problem, dims, config.targets)
+    name = study_name(problem, dims, config.dtype)
+    storage = config.storage or f"sqlite:///{(config.out / 'autotune.db').resolve()}"
+    config.out.mkdir(parents=True, exist_ok=True)
+    total = _space_size(space)
+    if total <= config.trials:
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.BruteForceSampler(seed=config.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=config.seed)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                direction="minimize", load_if_exists=True)
+    default_target = config.targets[0]
+    baselines_knobs = {n: named_point(problem, n, dims) for n in NAMED_POINTS}
+    for n, knobs in baselines_knobs.items():
+        params = {k: v for k, v in knobs.items() if k in space and v in space[k]}
+        params[TARGET_PARAM] = default_target
+        study.enqueue_trial(params, user_attrs={"named": n}, skip_if_exists=True)
+
+    rate = dgemm_rate(max(dims.values()), _threads(default_target)) if dgemm_rate else 0.0
+    low = _low_dims(problem, dims) if config.low_fidelity else None
+    entries: dict[str, Entry] = {}
+    low_best = math.inf
+    best = math.inf
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        best = min(best, t.value)
+        _restore(t, entries)
+    start = clock()
+    interrupted = False
+    done = 0
+    try:
+        while done < config.trials and clock() - start < config.timeout:
+            trial = study.ask({k: optuna.distributions.CategoricalDistribution(v)
+                               for k, v in space.items()})
+            knobs = {k: v for k, v in trial.params.items() if k != TARGET_PARAM}
+            target = trial.params[TARGET_PARAM]
+            named = trial.user_attrs.get("named") or _named(knobs, baselines_knobs)
+            done += 1
+            full_knobs = {**baselines_knobs["flop-optimal"], **knobs}
+            if named:
+                full_knobs = {**baselines_knobs[named], **knobs}
+            state, value, info = _evaluate(
+                problem, dims, low, full_knobs, target, config, measure, rate, best, low_best,
+                exempt=bool(named),
+            )
+            for k, v in info.items():
+                trial.set_user_attr(k, v)
+            if named:
+                trial.set_user_attr("named", named)
+            if "low_median" in info and info.get("low_status") == "ok":
+                low_best = min(low_best, info["low_median"])
+            if state == "ok":
+                best = min(best, value)
+                study.tell(trial, value)
+                m = Measurement.from_json(info["measurement"])
+                e = Entry(full_knobs, target, m, named or "")
+                entries[e.key] = e
+            elif state == "pruned":
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, state=TrialState.FAIL)
+            if progress:
+                progress({"trial": done, "of": config.trials, "best": best, "state": state,
+                          "elapsed": clock() - start, "timeout": config.timeout,
+                          "named": named, "info": info})
+    except KeyboardInterrupt:
+        interrupted = True
+    if not entries:
+        raise AutotuneError(
+            "no candidate finished successfully; see the trials table (autotune report) for "
+            "the reasons"
+        )
+    final, baselines = _final_round(problem, dims, entries, baselines_knobs, default_target,
+                                    config, measure, interrupted)
+    best_key = min(
+        (k for k in final if entries[k].measurement.ok),
+        key=lambda k: statistics.median(final[k]) if final[k] else math.inf,
+    )
+    return SearchResult(entries[best_key], final, entries, baselines, name, storage,
+                        len(study.trials), interrupted, rate)
+
+
+def _threads(target: str) -> int:
+    from .targets import parse_target
+
+    return parse_target(target).threads
+
+
+def _named(knobs: Mapping[str, Any], named: Mapping[str, Mapping[str, Any]]) -> str:
+    for n, k in named.items():
+        if all(k.get(key) == v for key, v in knobs.items()) and len(knobs) == len(k):
+            return n
+    return ""
+
+
+def _restore(t: Any, entries: dict[str, Entry]) -> None:
+    """Rebuild an entry from a finished trial of an earlier (resumed) run."""
+    m = t.user_attrs.get("measurement")
+    knobs = t.user_attrs.get("knobs")
+    if not m or knobs is None:
+        return
+    e = Entry(dict(knobs), t.params[TARGET_PARAM], Measurement.from_json(m),
+              t.user_attrs.get("named", ""))
+    entries[e.key] = e
+
+
+def _evaluate(problem, dims, low, knobs, target, config, measure, rate, best, low_best,
+              exempt: bool) -> tuple[str, float, dict[str, Any]]:
+    from .derive import derive
+    from .errors import KnobError
+
+    info: dict[str, Any] = {"knobs": knobs}
+    try:
+        flops = derive(problem, knobs, dims).flops(dims)
+    except KnobError as exc:
+        info.update(status="invalid", message=str(exc))
+        return "fail", math.inf, info
+    info["flops"] = flops
+    if rate and not exempt and math.isfinite(best):
+        predicted = flops / rate
+        info["predicted_s"] = predicted
+        if predicted > 2.0 * best:
+            info.update(status="pruned", message="cost model: cannot beat the best")
+            return "pruned", math.inf, info
+    src = (problem.source, problem.origin)
+    if low is not None:
+        m_low = measure(Job(*src, low, knobs, target, config.dtype, config.seed,
+                            TimingPolicy(warmup=1, min_repeats=3, max_repeats=5,
+                                         max_seconds=5.0)), config.candidate_timeout)
+        info.update(low_status=m_low.status, low_median=m_low.median if m_low.samples else None)
+        if m_low.status not in ("ok", "slow"):
+            info.update(status=m_low.status, message=m_low.message, errors=m_low.errors)
+            return "fail", math.inf, info
+        if not exempt and math.isfinite(low_best) and m_low.median > 1.5 * low_best:
+            info.update(status="pruned", message="low-fidelity screen: clearly slower")
+            return "pruned", math.inf, info
+    m = measure(Job(*src, dims, knobs, target, config.dtype, config.seed, config.policy,
+                    best if math.isfinite(best) and not exempt else None),
+                config.candidate_timeout)
+    info.update(status=m.status, message=m.message, measurement=m.to_json())
+    if m.status == "ok":
+        return "ok", m.median, info
+    if m.status == "slow":
+        return "pruned", math.inf, info
+    return "fail", math.inf, info
+
+
+def _final_round(problem, dims, entries, baselines_knobs, default_target, config, measure,
+                 interrupted: bool):
+    """Re-time the best few and the baselines, interleaved."""
+    ranked = sorted((e for e in entries.values() if e.measurement.ok),
+                    key=lambda e: e.measurement.median)
+    top = ranked[: config.final_round_top]
+    baselines: dict[str, Entry] = {}
+    for n, knobs in baselines_knobs.items():
+        e = Entry(knobs, default_target, Measurement("ok", default_target), n)
+        existing = entries.get(e.key)
+        baselines[n] = existing or e
+        entries.setdefault(e.key, baselines[n])
+    contenders = {e.key: e for e in itertools.chain(top, baselines.values())}
+    samples: dict[str, list[float]] = {k: [] for k in contenders}
+    repeats = 1 if interrupted else config.final_round_repeats
+    one = TimingPolicy(warmup=0, min_repeats=1, max_repeats=1)
+    src = (problem.source, problem.origin)
+    for r in range(repeats):
+        for k, e in contenders.items():
+            policy = TimingPolicy(warmup=1, min_repeats=1, max_repeats=1) if r == 0 else one
+            m = measure(Job(*src, dims, e.knobs, e.target, config.dtype, config.seed, policy),
+                        config.candidate_timeout)
+            if m.ok:
+                samples[k].extend(m.samples)
+                if not e.measurement.samples:  # a baseline first measured here
+                    entries[k] = contenders[k] = Entry(e.knobs, e.target, m, e.name)
+                    if e.name:
+                        baselines[e.name] = entries[k]
+            elif not samples[k]:
+                entries[k] = contenders[k] = Entry(e.knobs, e.target, m, e.name)
+                if e.name:
+                    baselines[e.name] = entries[k]
+    return samples, baselines
