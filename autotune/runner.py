@@ -105,10 +105,13 @@ def run_tuning(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
     dims = dict(dims)
     extra: list[mp.Process] = []
     if jobs > 1:
+        from .search import prepare_study
+
+        prepare_study(problem, dims, config)  # the named points are enqueued once, here
         ctx = mp.get_context("spawn")
         for i in range(jobs - 1):
             cfg = SearchConfig(**{**config.__dict__, "seed": config.seed + i + 1,
-                                  "trials": max(1, config.trials // jobs)})
+                                  "trials": max(1, config.trials // jobs), "enqueue": False})
             proc = ctx.Process(target=_job_process,
                                args=(problem.source, problem.origin, dims, cfg))
             proc.start()

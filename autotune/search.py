@@ -46,6 +46,7 @@ class SearchConfig:
     storage: str | None = None  # Optuna storage URL; default: sqlite in out/
     out: Path = Path("results")
     final_round_top: int = 3
+    enqueue: bool = True  # enqueue the named points (and, for small spaces, every point)
     final_round_repeats: int = 3
     low_fidelity: bool = True
     policy: TimingPolicy = field(default_factory=TimingPolicy)
@@ -124,18 +125,14 @@ def tune(
     storage = config.storage or f"sqlite:///{(config.out / 'autotune.db').resolve()}"
     config.out.mkdir(parents=True, exist_ok=True)
     total = _space_size(space)
-    if total <= config.trials:
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.BruteForceSampler(seed=config.seed)
+    exhaustive = total <= config.trials
+    if exhaustive:  # every point is enqueued below; the sampler is never asked
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=config.seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=config.seed)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                direction="minimize", load_if_exists=True)
+    study = prepare_study(problem, dims, config, space, sampler, storage, name)
     default_target = config.targets[0]
     baselines_knobs = {n: named_point(problem, n, dims) for n in NAMED_POINTS}
-    for n, knobs in baselines_knobs.items():
-        params = {k: v for k, v in knobs.items() if k in space and v in space[k]}
-        params[TARGET_PARAM] = default_target
-        study.enqueue_trial(params, user_attrs={"named": n}, skip_if_exists=True)
 
     rate = dgemm_rate(max(dims.values()), _threads(default_target)) if dgemm_rate else 0.0
     low = _low_dims(problem, dims) if config.low_fidelity else None
@@ -154,7 +151,7 @@ def tune(
                                for k, v in space.items()})
             knobs = {k: v for k, v in trial.params.items() if k != TARGET_PARAM}
             target = trial.params[TARGET_PARAM]
-            named = trial.user_attrs.get("named") or _named(knobs, baselines_knobs)
+            named = trial.user_attrs.get("named", "")
             done += 1
             full_knobs = {**baselines_knobs["flop-optimal"], **knobs}
             if named:
@@ -200,17 +197,38 @@ def tune(
                         len(study.trials), interrupted, rate)
 
 
+def prepare_study(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
+                  space: Mapping[str, list] | None = None, sampler: Any = None,
+                  storage: str | None = None, name: str | None = None):
+    """Create (or load) the study and enqueue the named points once. With several processes,
+    one prepares the study and the others join it with ``enqueue=False``."""
+    import optuna
+
+    space = space or space_for(problem, dims, config.targets)
+    name = name or study_name(problem, dims, config.dtype)
+    storage = storage or config.storage or f"sqlite:///{(config.out / 'autotune.db').resolve()}"
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                direction="minimize", load_if_exists=True)
+    if not config.enqueue:
+        return study
+    for n in NAMED_POINTS:
+        knobs = named_point(problem, n, dims)
+        if any(k in space and v not in space[k] for k, v in knobs.items()):
+            continue  # outside the searched space: measured in the final round only
+        params = {k: v for k, v in knobs.items() if k in space}
+        params[TARGET_PARAM] = config.targets[0]
+        study.enqueue_trial(params, user_attrs={"named": n}, skip_if_exists=True)
+    if _space_size(space) <= config.trials:
+        keys = list(space)
+        for combo in itertools.product(*(space[k] for k in keys)):
+            study.enqueue_trial(dict(zip(keys, combo, strict=True)), skip_if_exists=True)
+    return study
+
+
 def _threads(target: str) -> int:
     from .targets import parse_target
 
     return parse_target(target).threads
-
-
-def _named(knobs: Mapping[str, Any], named: Mapping[str, Mapping[str, Any]]) -> str:
-    for n, k in named.items():
-        if all(k.get(key) == v for key, v in knobs.items()) and len(knobs) == len(k):
-            return n
-    return ""
 
 
 def _restore(t: Any, entries: dict[str, Entry]) -> None:

@@ -1,0 +1,256 @@
+"""The search logic with a fake, noiseless measurer (no machine needed), and the shared
+storages: two workers on one SQLite study, and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from autotune.derive import derive
+from autotune.measure import Job, Measurement
+from autotune.search import SearchConfig, study_name, tune
+
+DIMS = {"n": 60, "k": 30}
+# the Kalman filter with its space narrowed to what derives in milliseconds (no blocking):
+# these tests are about the search, not about derivation
+SOURCE = Path(__file__).parents[1].joinpath("search_spaces", "kalman.toml").read_text()
+SOURCE = SOURCE[: SOURCE.index("[search]")] + """[search]
+blocks = { n = [1], k = [1] }
+cut = { n = ["even"], k = ["even"] }
+order = ["optimal", "left", "right"]
+"""
+
+
+def kalman():
+    from autotune.spec import parse_problem
+
+    return parse_problem(SOURCE, origin="kalman-test.toml")
+
+
+def fake_measure(job: Job, timeout: float) -> Measurement:
+    """Time = FLOPs at 1 GFLOP/s, 2 threads twice as fast; LU solves 'fail to compile'."""
+    p = kalman()
+    prog = derive(p, job.knobs, job.dims)
+    if job.knobs.get("solver.S") == "lu":
+        return Measurement("compile_error", job.target, message="fake: no LU here")
+    t = prog.flops(job.dims) / 1e9
+    if job.target.endswith("t2"):
+        t /= 2
+    return Measurement("ok", job.target, (t, t * 1.01, t * 0.99), 0.1, {"newmu": 1e-16},
+                       1e-12, prog.flops(job.dims))
+
+
+def _config(tmp_path, **kw):
+    base = dict(trials=12, timeout=60, targets=("numba-t2", "numba-t1"), out=tmp_path,
+                seed=1, low_fidelity=False)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def test_named_points_first_and_failures_recorded(tmp_path):
+    import optuna
+
+    p = kalman()
+    result = tune(p, DIMS, _config(tmp_path), fake_measure)
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    named = [t.user_attrs.get("named") for t in study.trials[:3]]
+    assert named[:2] == ["naive", "flop-optimal"]  # seed-2x2 is outside this narrowed space
+    states = {t.state.name for t in study.trials}
+    assert "COMPLETE" in states
+    fails = [t for t in study.trials if t.state.name == "FAIL"]
+    for t in fails:
+        assert t.user_attrs["status"] in ("compile_error", "invalid")
+        assert t.user_attrs["message"]
+    # the winner is at least as fast as the cost model's best on the fastest target
+    best = result.best.measurement.median
+    flop_opt = derive(p, result.baselines["flop-optimal"].knobs, DIMS).flops(DIMS) / 1e9 / 2
+    assert best <= flop_opt * 1.0001
+    assert set(result.baselines) == {"naive", "seed-2x2", "flop-optimal"}
+
+
+def test_cost_model_prunes_hopeless_candidates(tmp_path):
+    import optuna
+
+    p = kalman()
+    rates = []
+
+    def rate(n, threads):
+        rates.append((n, threads))
+        return 2e9  # twice the fake machine's speed: the model under-predicts, never over
+
+    result = tune(p, DIMS, _config(tmp_path, trials=16), fake_measure, dgemm_rate=rate)
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert rates and all(t.user_attrs["message"].startswith(("cost model", "low")) for t in pruned)
+    assert any(t.user_attrs["message"].startswith("cost model") for t in pruned)
+
+
+def test_resume_keeps_finished_trials(tmp_path):
+    import optuna
+
+    p = kalman()
+    first = tune(p, DIMS, _config(tmp_path, trials=5), fake_measure)
+    n1 = len(optuna.load_study(study_name=first.study_name, storage=first.storage).trials)
+    second = tune(p, DIMS, _config(tmp_path, trials=5), fake_measure)
+    study = optuna.load_study(study_name=second.study_name, storage=second.storage)
+    assert len(study.trials) == n1 + 5
+    assert second.best.measurement.median <= first.best.measurement.median
+
+
+def test_interrupt_still_returns_best(tmp_path):
+    p = kalman()
+    calls = {"n": 0}
+
+    def interrupting(job, timeout):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return fake_measure(job, timeout)
+
+    result = tune(p, DIMS, _config(tmp_path), interrupting)
+    assert result.interrupted
+    assert result.best.measurement.ok
+
+
+def test_exhaustive_for_small_spaces(tmp_path):
+    from autotune.spec import parse_problem
+
+    q = parse_problem(
+        """
+[dims]
+n = 8
+[inputs]
+A = { shape = ["n", "n"], properties = ["positive_definite"] }
+b = { shape = ["n", 1] }
+[outputs]
+x = "inv(A)*b"
+[search]
+blocks = { n = [1] }
+cut = { n = ["even"] }
+order = ["optimal"]
+cse = [true]
+syrk = [true]
+mirror = [true]
+""",
+        origin="small.toml",
+    )
+
+    def measure(job, timeout):
+        t = {"cholesky_split": 1.0, "cholesky": 2.0, "solve_pos": 3.0, "lu": 4.0,
+             "inverse": 5.0}[job.knobs["solver.inv1"]]
+        return Measurement("ok", job.target, (t,), 0.0, {}, 1.0, 1.0)
+
+    result = tune(q, {"n": 8}, _config(tmp_path, trials=20, targets=("numba-t1",)), measure)
+    import optuna
+
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    seen = {t.params["solver.inv1"] for t in study.trials}
+    assert seen == {"cholesky_split", "cholesky", "solve_pos", "lu", "inverse"}
+    assert result.best.knobs["solver.inv1"] == "cholesky_split"
+
+
+def _worker(storage: str, out: str, seed: int) -> None:
+    p = kalman()
+    tune(p, DIMS, SearchConfig(trials=4, timeout=60, targets=("numba-t1",), out=Path(out),
+                               seed=seed, storage=storage, low_fidelity=False,
+                               final_round_top=0, enqueue=False), fake_measure)
+
+
+def _two_workers(storage: str, out: Path) -> list:
+    import optuna
+
+    from autotune.search import prepare_study
+
+    prepare_study(kalman(), DIMS, SearchConfig(trials=4, targets=("numba-t1",), out=out,
+                                               storage=storage))
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(storage, str(out), s)) for s in (1, 2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    p = kalman()
+    study = optuna.load_study(study_name=study_name(p, DIMS, "float64"), storage=storage)
+    return study.trials
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    trials = _two_workers(f"sqlite:///{tmp_path / 'shared.db'}", tmp_path)
+    assert len(trials) == 8
+    assert len({t.number for t in trials}) == 8
+    named = [t.user_attrs.get("named") for t in trials if t.user_attrs.get("named")]
+    assert sorted(named) == ["flop-optimal", "naive"]  # enqueued once, run once
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on loopback, started by the test."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is needed for PostgreSQL storage")
+    bindir = None
+    for cand in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (cand / "initdb").exists():
+            bindir = cand
+            break
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
+    user = None
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server")
+    data = Path(tempfile.mkdtemp(prefix="autotune-pg-"))
+    sock = Path(tempfile.mkdtemp(prefix="autotune-pgsock-"))
+    if user is not None:
+        os.chown(data, user.pw_uid, user.pw_gid)
+        os.chown(sock, user.pw_uid, user.pw_gid)
+
+    def as_user(cmd):
+        if user is None:
+            return cmd
+        return ["runuser", "-u", "postgres", "--", *cmd]
+
+    port = _free_port()
+    try:
+        subprocess.run(as_user([str(bindir / "initdb"), "-D", str(data), "-A", "trust",
+                                "-U", "autotune"]), check=True, capture_output=True, timeout=120)
+        subprocess.run(as_user([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l",
+                                str(data / "log"), "-o",
+                                f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"]),
+                       check=True, capture_output=True, timeout=120)
+    except (subprocess.SubprocessError, OSError) as exc:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.skip(f"could not start a PostgreSQL server: {exc}")
+    try:
+        yield f"postgresql+psycopg2://autotune@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(as_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                                "stop"]), capture_output=True, timeout=60)
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(sock, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgresql_study(postgres_url, tmp_path):
+    trials = _two_workers(postgres_url, tmp_path)
+    assert len(trials) == 8
+    assert all(t.state.name in ("COMPLETE", "FAIL", "PRUNED") for t in trials)
+    assert any(math.isfinite(t.value) for t in trials if t.value is not None)
+    _ = time
