@@ -64,15 +64,28 @@ def _parse_dims(n: int | None, dim: tuple[str, ...], problem) -> dict[str, int]:
     return problem.resolve_dims(overrides)
 
 
-def _default_targets() -> list[str]:
+def _default_targets(problem) -> list[str]:
+    """Every available target the problem's [search] allows (backend, threads); without a
+    [search] choice: numba at every thread count and the other backends at all threads."""
     from .targets import available_targets, cpu_threads
 
+    backends = problem.search.get("backend")
+    threads = problem.search.get("threads")
+    backends = [backends] if isinstance(backends, str) else backends
+    threads = [threads] if isinstance(threads, int) else threads
     out = []
     for t in sorted(available_targets(), key=lambda t: (t.backend != "numba", -t.threads)):
+        if backends is not None:
+            if t.backend in backends and (threads is None or t.threads in threads):
+                out.append(t.name)
+            continue
         if t.backend == "numba" or t.device == "cuda" or t.threads == cpu_threads():
             if t.backend == "pytorch":
                 continue  # no Cholesky in PyTensor's PyTorch backend: ask for it explicitly
             out.append(t.name)
+    if not out:
+        _fail(f"no available target matches [search] backend={backends} threads={threads}; "
+              "see 'autotune targets'")
     return out  # the first (numba, all threads) also runs the baselines
 
 
@@ -109,7 +122,7 @@ def run(problem_name: str, n: int | None, dim: tuple[str, ...], trials: int, tim
 
     problem = load_problem(problem_name)
     dims = _parse_dims(n, dim, problem)
-    names = list(targets) or _default_targets()
+    names = list(targets) or _default_targets(problem)
     for t in names:
         check_available(parse_target(t))
     names = [parse_target(t).name for t in names]

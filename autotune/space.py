@@ -172,7 +172,9 @@ def validate_search(problem) -> None:
         if key == "backend":
             for v in vals:
                 if v not in BACKEND_NAMES:
-                    raise SpecError(f"{where}: unknown backend {v!r}; backends: {list(BACKEND_NAMES)}")
+                    raise SpecError(
+                        f"{where}: unknown backend {v!r}; backends: {list(BACKEND_NAMES)}"
+                    )
             continue
         if key == "threads":
             for v in vals:
@@ -216,7 +218,9 @@ def _check_value(key: str, value: Any, valid: list[Any]) -> None:
     if family == "order":
         if value in ORDER_FIXED:
             return
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ORDER_RANK:
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+            0 <= value <= MAX_ORDER_RANK
+        ):
             raise KnobError(
                 f"order = {value!r}: valid values are 'optimal', 'left', 'right' or an integer "
                 f"rank 0..{MAX_ORDER_RANK} (the r-th cheapest parenthesization)"
@@ -247,8 +251,9 @@ def default_knobs(problem, dims: Mapping[str, int] | None = None) -> dict[str, A
     out: dict[str, Any] = {}
     for key, vals in space.items():
         family = key.partition(".")[0]
-        out[key] = {"blocks": 1, "cut": "even", "order": "optimal", "cse": True,
-                    "syrk": True, "mirror": True}.get(family, vals[0])
+        defaults = {"blocks": 1, "cut": "even", "order": "optimal", "cse": True,
+                    "syrk": True, "mirror": True}
+        out[key] = defaults.get(family, vals[0])
     return out
 
 
