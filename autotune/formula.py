@@ -18,13 +18,14 @@ Dimension formulas (``k = "n // 2"``) use the same tokenizer and a smaller integ
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
 import sympy as sp
-from sympy.matrices.expressions import MatrixExpr
+from sympy.matrices.expressions import MatrixExpr, ZeroMatrix
 
 from .errors import SpecError
 
@@ -38,10 +39,11 @@ _TOKEN_RE = re.compile(
   | (?P<name>[A-Za-z_][A-Za-z_0-9]*)
   | (?P<op>//|[-+*/@(),'])
 """,
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,  # ASCII: no Unicode digits (int('\u0661') == 1) or spaces
 )
 
 FUNCTIONS = ("inv", "transpose", "eye", "I")
+MAX_DEPTH = 100  # nested parentheses / unary minus / calls: keeps clear of Python's recursion limit
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class _Parser:
         self.where = where
         self.tokens = tokenize(text, where)
         self.i = 0
+        self.depth = 0
 
     # -- token helpers -------------------------------------------------------------------
     @property
@@ -150,7 +153,7 @@ class _Parser:
                     raise self.err(
                         op.pos, "division by a matrix is not allowed; write inv(X) instead"
                     )
-                if rhs == 0:
+                if rhs.is_zero:  # also 0.0: SymPy's Float(0.0) == 0 is False
                     raise self.err(op.pos, "division by zero")
                 e = e / rhs
             else:
@@ -158,13 +161,22 @@ class _Parser:
         return e
 
     def unary(self) -> sp.Basic:
-        if self.tok.text == "-":
-            self.advance()
-            return -self.unary()
-        if self.tok.text == "+":
-            self.advance()
-            return self.unary()
-        return self.postfix()
+        # Every recursion of the grammar (parentheses, calls, unary signs) passes here.
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.err(
+                self.tok.pos, f"formula nested too deeply (more than {MAX_DEPTH} levels)"
+            )
+        try:
+            if self.tok.text == "-":
+                self.advance()
+                return -self.unary()
+            if self.tok.text == "+":
+                self.advance()
+                return self.unary()
+            return self.postfix()
+        finally:
+            self.depth -= 1
 
     def postfix(self) -> sp.Basic:
         e = self.atom()
@@ -177,8 +189,7 @@ class _Parser:
         t = self.tok
         if t.kind == "number":
             self.advance()
-            value = sp.Rational(t.text) if re.fullmatch(r"\d+", t.text) else sp.Float(t.text)
-            return value
+            return self.number(t)
         if t.text == "(":
             self.advance()
             e = self.expr()
@@ -197,6 +208,18 @@ class _Parser:
             )
         found = "end of formula" if t.kind == "end" else repr(t.text)
         raise self.err(t.pos, f"expected a name, number or '(', found {found}")
+
+    def number(self, t: Token) -> sp.Basic:
+        # A coefficient of a float64 computation must be a float64 number. Checking with
+        # Python's float() first also keeps SymPy from parsing a literal like 1e-99999999,
+        # which takes minutes, and int() from literals over its 4300-digit limit.
+        mantissa = re.split(r"[eE]", t.text)[0]
+        if re.fullmatch(r"\d+", t.text) and len(t.text.lstrip("0")) <= 300:
+            return sp.Integer(int(t.text))
+        value = float(t.text)
+        if not math.isfinite(value) or (value == 0.0 and mantissa.strip("0.")):
+            raise self.err(t.pos, f"number {_short(t.text)} is out of range for float64")
+        return sp.Float(value)
 
     def call(self, fn: Token) -> sp.Basic:
         self.expect("(")
@@ -227,9 +250,11 @@ class _Parser:
         if fn.text == "transpose":
             return arg.T if isinstance(arg, MatrixExpr) else arg
         if not isinstance(arg, MatrixExpr):
-            if arg == 0:
+            if arg.is_zero:
                 raise self.err(arg_pos, "inv() of zero")
             return 1 / arg
+        if isinstance(arg, ZeroMatrix):
+            raise self.err(arg_pos, "inv() of a zero matrix")
         if arg.shape[0] != arg.shape[1]:
             raise self.err(
                 arg_pos, f"inv() needs a square matrix, got shape {_shape_str(arg)}"
@@ -281,7 +306,16 @@ def parse_formula(
     ``names`` maps identifiers to SymPy objects (``MatrixSymbol``, scalar ``Symbol`` or
     already-parsed definitions). Raises :class:`SpecError` naming ``where`` and the position.
     """
-    return _Parser(text, names, dims or {}, where).parse()
+    parser = _Parser(text, names, dims or {}, where)
+    try:
+        return parser.parse()
+    except SpecError:
+        raise
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        # SymPy refusing to build an expression (a singular inverse, a shape it rejects):
+        # still a mistake in the formula, reported as one.
+        pos = parser.tok.pos if parser.i < len(parser.tokens) else len(text)
+        raise parser.err(pos, f"cannot build the expression ({type(exc).__name__}: {exc})") from exc
 
 
 def formula_names(text: str, where: str = "formula") -> list[str]:
@@ -360,6 +394,8 @@ def parse_dim_formula(text: str, where: str) -> Callable[[Mapping[str, int]], in
     def atom() -> Node:
         t = take()
         if t.kind == "number" and re.fullmatch(r"\d+", t.text):
+            if len(t.text) > 100:
+                raise _error(where, text, t.pos, "number too large for a dimension")
             v = Fraction(int(t.text))
             return lambda d: v
         if t.kind == "name":
@@ -384,12 +420,18 @@ def parse_dim_formula(text: str, where: str) -> Callable[[Mapping[str, int]], in
         found = "end of formula" if t.kind == "end" else repr(t.text)
         raise _error(where, text, t.pos, f"expected an integer, a dimension or '(', found {found}")
 
-    root = expr()
+    try:
+        root = expr()
+    except RecursionError:
+        raise SpecError(f"{where}: {text!r} is nested too deeply") from None
     if peek().kind != "end":
         raise _error(where, text, peek().pos, f"unexpected {peek().text!r}")
 
     def evaluate(dims: Mapping[str, int]) -> int:
-        value = root(dims)
+        try:
+            value = root(dims)
+        except RecursionError:
+            raise SpecError(f"{where}: {text!r} is too long to evaluate") from None
         if value.denominator != 1:
             raise SpecError(f"{where}: {text!r} gives {value}, not an integer")
         return int(value)

@@ -36,8 +36,14 @@ def random_matrix(
 ) -> np.ndarray:
     """A random matrix with the given (closed) properties."""
     r, c = shape
+    props = _effective(props)
     if IDENTITY in props:
         return np.eye(r, dtype=dtype)
+    if ORTHOGONAL in props and DIAGONAL in props:  # the orthogonal diagonal matrices: +-1
+        return np.diag(rng.choice([-1.0, 1.0], r)).astype(dtype)
+    if ORTHOGONAL in props and SYMMETRIC in props:  # reflections: Q diag(+-1) Q.T
+        q, rr = np.linalg.qr(rng.standard_normal((r, r)))
+        return ((q * rng.choice([-1.0, 1.0], r)) @ q.T).astype(dtype)
     if DIAGONAL in props:
         mags = rng.uniform(1.0, 2.0, r)
         if PD not in props and PSD not in props:
@@ -69,6 +75,18 @@ def random_matrix(
     if FULL_RANK in props and r == c:
         g += 3.0 * np.eye(r) / np.sqrt(r)
     return g.astype(dtype)
+
+
+def _effective(props: Facts) -> Facts:
+    """What a combination of declared properties forces (each combination is satisfiable: the
+    identity has every property): a symmetric or orthogonal triangular matrix is diagonal, and
+    the only orthogonal semidefinite matrix is the identity."""
+    out = set(props)
+    if out & {LOWER, UPPER} and out & {SYMMETRIC, PSD, PD, ORTHOGONAL}:
+        out.add(DIAGONAL)
+    if ORTHOGONAL in out and out & {PSD, PD}:
+        out.add(IDENTITY)
+    return frozenset(out)
 
 
 def random_scalar(props: Facts, rng: np.random.Generator) -> float:

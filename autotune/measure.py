@@ -205,22 +205,34 @@ def _short(exc: BaseException) -> str:
     return text if len(text) < 600 else text[:600] + "..."
 
 
-def dgemm_rate(n: int, threads: int, repeats: int = 3) -> float:
-    """FLOP/s of a float64 n x n matrix product with this many BLAS threads (best of
-    ``repeats``): the machine's practical peak, which defines the physical limit."""
+def dgemm_rate(n: int, target: str = "numba", repeats: int = 3) -> float:
+    """FLOP/s of a float64 n x n matrix product through ``target`` (best of ``repeats``): the
+    practical peak that defines the physical limit. For CPU targets the product is NumPy's
+    (the same BLAS) under the target's thread limit; for others it is a PyTensor ``dot``
+    compiled for the target and called like a plan (host arrays in, host arrays out)."""
     import numpy as np
-    from threadpoolctl import threadpool_limits
 
+    from .targets import compile_function, parse_target, thread_limit
+
+    t = parse_target(target)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n))
     b = rng.standard_normal((n, n))
-    with threadpool_limits(limits=threads, user_api="blas"):
-        a @ b
+    if t.device == "cpu" and t.backend in ("numba", "c"):
+        fn = np.matmul
+    else:
+        import pytensor.tensor as pt
+
+        x = pt.matrix("a", shape=(n, n), dtype="float64")
+        y = pt.matrix("b", shape=(n, n), dtype="float64")
+        fn = compile_function(t, [x, y], pt.dot(x, y))
+    with thread_limit(t):
+        fn(a, b)
         best = float("inf")
         for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t)
+            t0 = time.perf_counter()
+            fn(a, b)
+            best = min(best, time.perf_counter() - t0)
     return 2.0 * n**3 / best
 
 
@@ -298,12 +310,12 @@ class Worker:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def dgemm_rate(self, n: int, threads: int) -> float:
+    def dgemm_rate(self, n: int, target: str) -> float:
         """The DGEMM rate measured in the worker (the process that times candidates)."""
         if self._proc is None or not self._proc.is_alive():
             self._start()
         assert self._conn is not None
-        self._conn.send((n, threads))
+        self._conn.send((n, target))
         if not self._conn.poll(self.timeout):
             raise MeasurementError("the DGEMM measurement did not finish")
         result = self._conn.recv()

@@ -2,9 +2,8 @@
 
 Properties drive kernel choice (Cholesky for SPD, triangular solves, scaling for diagonal), so
 they are inferred by the project's own rules rather than by SymPy's ``ask``, which claims
-``H.T*H`` is positive definite for a wide ``H`` (it is only semidefinite) and does not infer
-invertibility from positive definiteness. Every rule here is checked numerically on random
-instances by the tests.
+``H.T*H`` is positive definite for a wide full-rank ``H`` (it is only semidefinite). Every rule
+here is checked numerically on random instances by the tests.
 
 Conventions: ``positive_definite`` and ``positive_semidefinite`` include symmetry (SPD, SPSD);
 ``full_rank`` means rank = min(rows, cols); for a square matrix it is ``invertible``.
@@ -56,7 +55,9 @@ MATRIX_PROPERTIES = (
     IDENTITY,
 )
 SCALAR_PROPERTIES = (POSITIVE, NONZERO)
-SQUARE_ONLY = frozenset({SYMMETRIC, PD, PSD, INVERTIBLE, LOWER, UPPER, DIAGONAL, ORTHOGONAL, IDENTITY})
+SQUARE_ONLY = frozenset(
+    {SYMMETRIC, PD, PSD, INVERTIBLE, LOWER, UPPER, DIAGONAL, ORTHOGONAL, IDENTITY}
+)
 
 ALIASES = {
     "spd": PD,
@@ -151,7 +152,8 @@ def validate_properties(
         if bad:
             raise SpecError(
                 f"{where}: property {bad[0]!r} needs a square matrix, but the shape is "
-                f"{shape[0]}x{shape[1]}"
+                f"{shape[0]}x{shape[1]}; properties of a non-square matrix: "
+                f"{', '.join(p for p in MATRIX_PROPERTIES if p not in SQUARE_ONLY)}"
             )
     return close_facts(props, square)
 

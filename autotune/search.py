@@ -2,8 +2,9 @@
 
 * the named points (``naive``, ``seed-2x2``, ``flop-optimal``) are enqueued first;
 * TPE by default, exhaustive (grid) when the space is smaller than the budget;
-* the cost model prunes what cannot win (predicted time from FLOPs and the DGEMM rate), and a
-  low-fidelity screen (a quarter of the size) drops candidates clearly slower than the best;
+* the cost model prunes what cannot win (predicted time from FLOPs and the best FLOP rate a
+  candidate reached on the same target), and a low-fidelity screen (a quarter of the size)
+  drops candidates clearly slower than the best;
 * failures (compile errors, inaccurate answers, crashes, timeouts) are recorded trials with
   their reason, never the end of the run;
 * a final round re-times the best few and the baselines interleaved (A B C A B C ...) before
@@ -110,7 +111,7 @@ def tune(
     dims: Mapping[str, int],
     config: SearchConfig,
     measure: Callable[[Job, float], Measurement],
-    dgemm_rate: Callable[[int, int], float] | None = None,
+    dgemm_rate: Callable[[int, str], float] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> SearchResult:
@@ -134,14 +135,17 @@ def tune(
     default_target = config.targets[0]
     baselines_knobs = {n: named_point(problem, n, dims) for n in NAMED_POINTS}
 
-    rate = dgemm_rate(max(dims.values()), _threads(default_target)) if dgemm_rate else 0.0
     low = _low_dims(problem, dims) if config.low_fidelity else None
     entries: dict[str, Entry] = {}
     low_best = math.inf
     best = math.inf
+    # the cost model, calibrated per target: the best FLOP rate a candidate reached there
+    rates: dict[str, float] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         best = min(best, t.value)
         _restore(t, entries)
+    for e in entries.values():
+        _calibrate(rates, e)
     start = clock()
     interrupted = False
     done = 0
@@ -157,8 +161,8 @@ def tune(
             if named:
                 full_knobs = {**baselines_knobs[named], **knobs}
             state, value, info = _evaluate(
-                problem, dims, low, full_knobs, target, config, measure, rate, best, low_best,
-                exempt=bool(named),
+                problem, dims, low, full_knobs, target, config, measure, rates.get(target, 0.0),
+                best, low_best, exempt=bool(named),
             )
             for k, v in info.items():
                 trial.set_user_attr(k, v)
@@ -172,6 +176,7 @@ def tune(
                 m = Measurement.from_json(info["measurement"])
                 e = Entry(full_knobs, target, m, named or "")
                 entries[e.key] = e
+                _calibrate(rates, e)
             elif state == "pruned":
                 study.tell(trial, state=TrialState.PRUNED)
             else:
@@ -193,8 +198,16 @@ def tune(
         (k for k in final if entries[k].measurement.ok),
         key=lambda k: statistics.median(final[k]) if final[k] else math.inf,
     )
-    return SearchResult(entries[best_key], final, entries, baselines, name, storage,
+    best_entry = entries[best_key]
+    rate = dgemm_rate(max(dims.values()), best_entry.target) if dgemm_rate else 0.0
+    return SearchResult(best_entry, final, entries, baselines, name, storage,
                         len(study.trials), interrupted, rate)
+
+
+def _calibrate(rates: dict[str, float], e: Entry) -> None:
+    m = e.measurement
+    if m.ok and m.samples and m.flops:
+        rates[e.target] = max(rates.get(e.target, 0.0), m.flops / m.median)
 
 
 def prepare_study(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
@@ -225,12 +238,6 @@ def prepare_study(problem: Problem, dims: Mapping[str, int], config: SearchConfi
     return study
 
 
-def _threads(target: str) -> int:
-    from .targets import parse_target
-
-    return parse_target(target).threads
-
-
 def _restore(t: Any, entries: dict[str, Entry]) -> None:
     """Rebuild an entry from a finished trial of an earlier (resumed) run."""
     m = t.user_attrs.get("measurement")
@@ -255,6 +262,8 @@ def _evaluate(problem, dims, low, knobs, target, config, measure, rate, best, lo
         return "fail", math.inf, info
     info["flops"] = flops
     if rate and not exempt and math.isfinite(best):
+        # the fastest this target ever ran, applied to this candidate's FLOPs: an optimistic
+        # prediction, so only candidates that cannot win are dropped
         predicted = flops / rate
         info["predicted_s"] = predicted
         if predicted > 2.0 * best:

@@ -230,6 +230,10 @@ def _check_value(key: str, value: Any, valid: list[Any]) -> None:
         if not isinstance(value, bool):
             raise KnobError(f"{key} = {value!r}: must be true or false")
         return
+    if family == "blocks" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise KnobError(f"{key} = {value!r}: a block count is an integer; valid: {valid}")
+    if family == "solver" and not isinstance(value, str):
+        raise KnobError(f"{key} = {value!r}: a kernel name is a string; valid: {valid}")
     if value not in valid:
         if family == "blocks":
             raise KnobError(

@@ -41,6 +41,7 @@ INPUT_KEYS = ("shape", "properties", "description")
 DTYPES = ("float64", "float32")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
 RESERVED = set(FUNCTIONS) | {"T"}
+MAX_CHAIN = 50  # definitions (or derived dims) referring to each other, deepest chain
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,11 @@ class Problem:
             if name in visiting:
                 cycle = " -> ".join(visiting[visiting.index(name) :] + [name])
                 raise SpecError(f"{self.origin}: dims: cyclic definition {cycle}")
+            if len(visiting) >= MAX_CHAIN:
+                raise SpecError(
+                    f"{self.origin}: dims.{name}: derived dimensions refer to each other more "
+                    f"than {MAX_CHAIN} deep ({visiting[0]} -> {visiting[1]} -> ...)"
+                )
             visiting.append(name)
             fn = parse_dim_formula(spec, f"{self.origin}: dims.{name}")
             env = {d: value_of(d) for d in fn.names if d in self.dims}  # type: ignore[attr-defined]
@@ -281,7 +287,7 @@ def _formula_text(e: sp.Basic) -> str:
     parser)."""
     from sympy.matrices.expressions import Identity, Inverse, MatAdd, MatMul, MatPow, Transpose
 
-    if isinstance(e, MatrixSymbol) or isinstance(e, sp.Symbol):
+    if isinstance(e, (MatrixSymbol, sp.Symbol)):
         return e.name
     if isinstance(e, Identity):
         return f"eye({e.shape[0]})"
@@ -447,11 +453,17 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
         source=text,
         origin=origin,
     )
-    problem.resolve_dims()  # dims formulas evaluate at the defaults
-    _ = problem.expressions  # parse every formula now: errors surface at load time
     from .space import validate_search  # late import: space depends on spec
 
-    validate_search(problem)
+    try:
+        problem.resolve_dims()  # dims formulas evaluate at the defaults
+        _ = problem.expressions  # parse every formula now: errors surface at load time
+        validate_search(problem)
+    except RecursionError:
+        raise SpecError(
+            f"{origin}: the formulas are nested too deeply to analyse; split them into "
+            "[definitions]"
+        ) from None
     return problem
 
 
@@ -520,6 +532,11 @@ def _parse_formulas(problem: Problem) -> dict[str, sp.Basic]:
         if nm in stack:
             cycle = " -> ".join(stack[stack.index(nm) :] + [nm])
             raise SpecError(f"{where_of[nm]}: cyclic definition {cycle}")
+        if len(stack) >= MAX_CHAIN:
+            raise SpecError(
+                f"{where_of[nm]}: definitions refer to each other more than {MAX_CHAIN} deep "
+                f"({stack[0]} -> {stack[1]} -> ...)"
+            )
         stack.append(nm)
         env = dict(names)
         for ref in formula_names(formulas[nm], where_of[nm]):

@@ -84,4 +84,4 @@ def test_worker_survives_timeouts_and_crashes(kalman):
 
 def test_dgemm_rate_is_positive():
     with Worker(timeout=60) as w:
-        assert w.dgemm_rate(200, 1) > 1e8
+        assert w.dgemm_rate(200, "numba-t1") > 1e8
