@@ -195,6 +195,17 @@ def targets() -> None:
     Console().print(table)
 
 
+@main.command("compare", context_settings={"ignore_unknown_options": True,
+                                           "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def compare_cmd(args: tuple[str, ...]) -> None:
+    """Measure the plans against NumPy, SciPy, naive PyTensor and JAX; writes
+    results/BENCHMARKS.md (options: see autotune compare --help)."""
+    from .compare import main as compare_main
+
+    sys.exit(compare_main(list(args)))
+
+
 @main.command()
 def problems() -> None:
     """List the problems shipped in search_spaces/."""

@@ -12,7 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytensor.tensor as pt
-from pytensor.tensor import nlinalg, slinalg
+
+try:  # PyTensor >= 2.31 moved the linear algebra into pytensor.tensor.linalg
+    from pytensor.tensor import linalg as slinalg
+
+    nlinalg = slinalg
+except ImportError:  # pragma: no cover - older PyTensor
+    from pytensor.tensor import nlinalg, slinalg
 
 from .errors import CompileError
 from .program import Program
