@@ -6,8 +6,9 @@ diagonal blocks of SPD matrices are SPD, the upper blocks of a symmetric matrix 
 of the lower ones, blocks above a lower-triangular diagonal (and off a diagonal matrix's
 diagonal) are zero, an identity is cut into identities and zeros. Every inverted
 sub-expression becomes a named intermediate (a *let*) so that its properties survive blocking;
-the inverse of a 2x2-blocked SPD let goes through Schur complements, which are registered as
-SPD so blocked plans can still use Cholesky.
+the inverse of a 2x2-blocked let goes through Schur complements (registered as SPD when the
+matrix is, so blocked plans can still use Cholesky); larger grids are re-blocked as
+[first block | the rest] with the rest's Schur complement a named, blocked intermediate.
 
 The result is independent of the concrete sizes (blocks have symbolic sizes ``n_0, n_1, ...``)
 and is cached in memory and on disk, written in the formula language and read back with the
@@ -37,11 +38,11 @@ from sympy.matrices.expressions import (
     blockcut,
 )
 
-from .errors import KnobError
 from .formula import parse_formula
 from .properties import (
     DIAGONAL,
     IDENTITY,
+    INVERTIBLE,
     LOWER,
     PD,
     PSD,
@@ -55,7 +56,7 @@ from .spec import Problem, _formula_text
 
 __all__ = ["Blocked", "block_problem", "factor_common", "cache_dir"]
 
-CACHE_VERSION = 5
+CACHE_VERSION = 7
 
 
 @dataclass
@@ -310,25 +311,10 @@ def _derive(
         for x in _inverses(e):
             if x not in all_inverted:
                 all_inverted.append(x)
-    for x in all_inverted:
-        label = labels.get(canonical(x, fb), "inv")
-        facts = fb.facts(x)
-        value = x.xreplace(let_subs)
-        rows = _dim_sizes(x.shape[0], sizes)
-        if len(rows) > 2:
-            raise KnobError(
-                f"blocks: {label} is inverted and would be cut into {len(rows)} blocks; "
-                "inverted matrices can be cut into at most 2 blocks"
-            )
-        let = MatrixSymbol(label, x.shape[0], x.shape[1])
-        if collapse:
-            value_grid = _collapse(_block_inputs(value, subs, block_identity))
-            value_grid = [[factor_common(v) for v in row] for row in value_grid]
-        else:
-            value_grid = [[ZeroMatrix(r, c) for c in rows] for r in rows]
+    def let_grid(name: str, rows: list[sp.Basic], facts: frozenset[str],
+                 value_grid: list[list[sp.Basic]]) -> list[list[sp.Basic]]:
+        """Named blocks for an intermediate (lower blocks and transposes when symmetric)."""
         sym_let = SYMMETRIC in facts
-        if sym_let:
-            symmetric_lets.add(label)
         lsyms: dict[tuple[int, int], sp.Basic] = {}
         cells: dict[tuple[int, int], sp.Basic] = {}
         order = sorted(
@@ -340,7 +326,8 @@ def _derive(
             if sym_let and i < j:
                 cells[(i, j)] = Transpose(lsyms[(j, i)])
                 continue
-            b = let if len(rows) == 1 else MatrixSymbol(f"{label}_{i}_{j}", r, c)
+            b = (MatrixSymbol(name, r, c) if len(rows) == 1
+                 else MatrixSymbol(f"{name}_{i}_{j}", r, c))
             props = set(facts) if len(rows) == 1 else (
                 {p for p in facts if p in (SYMMETRIC, PD, PSD)} if i == j else set()
             )
@@ -349,9 +336,14 @@ def _derive(
             lsyms[(i, j)] = b
             lets.append((b, value_grid[i][j]))
             cells[(i, j)] = b
-        grid = [[cells[(i, j)] for j in range(len(rows))] for i in range(len(rows))]
-        let_labels[canonical(let, fb)] = label
-        if len(rows) == 2:
+        return [[cells[(i, j)] for j in range(len(rows))] for i in range(len(rows))]
+
+    def blocked_inverse(grid: list[list[sp.Basic]], rows: list[sp.Basic], label: str,
+                        facts: frozenset[str], depth: int) -> list[list[sp.Basic]] | None:
+        """The blocks of the inverse: 2x2 through SymPy's Schur-complement rule; larger grids
+        re-blocked as [first block | the rest], the rest's Schur complement becoming a named
+        (blocked, SPD when the matrix is) intermediate inverted the same way."""
+        if len(grid) == 2:
             a, bt, d = grid[0][0], grid[1][0], grid[1][1]
             b = grid[0][1]
             for schur, inner in ((d - bt * Inverse(a) * b, a), (a - b * Inverse(d) * bt, d)):
@@ -360,8 +352,55 @@ def _derive(
                     registered.append((schur, (PD,)))
                 let_labels[canonical(schur, fb)] = label
                 let_labels[canonical(inner, fb)] = label
-            if collapse:
-                let_subs[Inverse(x)] = BlockMatrix(_collapse(Inverse(BlockMatrix(grid))))
+            return _collapse(Inverse(BlockMatrix(grid))) if collapse else None
+        a = grid[0][0]
+        brow, bcol = grid[0][1:], [row[0] for row in grid[1:]]
+        ainv = Inverse(a)
+        let_labels[canonical(a, fb)] = label
+        m = len(grid) - 1
+        sc_value = [[factor_common(grid[i + 1][j + 1] - bcol[i] * ainv * brow[j])
+                     for j in range(m)] for i in range(m)]
+        sc_facts = frozenset(p for p in facts if p in (SYMMETRIC, PD, PSD, INVERTIBLE))
+        sc_grid = let_grid(f"{label}_s{depth}", rows[1:], sc_facts, sc_value)
+        for row in sc_grid:
+            for cell in row:
+                let_labels[canonical(cell, fb)] = label
+        sc_inv = blocked_inverse(sc_grid, rows[1:], label, sc_facts, depth + 1)
+        if sc_inv is None:  # symbols only (reading the cache): placeholders for the values
+            sc_inv = [[ZeroMatrix(r, c) for c in rows[1:]] for r in rows[1:]]
+        x = [ainv * brow[i] for i in range(m)]  # A^-1 B, a row of blocks
+        y = [bcol[j] * ainv for j in range(m)]  # C A^-1, a column of blocks
+        top = ainv + MatAdd(*[x[i] * sc_inv[i][j] * y[j] for i in range(m) for j in range(m)])
+        out = [[top] + [-MatAdd(*[x[i] * sc_inv[i][j] for i in range(m)]) for j in range(m)]]
+        for i in range(m):
+            out.append([-MatAdd(*[sc_inv[i][j] * y[j] for j in range(m)])]
+                       + [sc_inv[i][j] for j in range(m)])
+        # the blocks of the inverse become named intermediates: the outputs that use them stay
+        # small expressions (block_collapse of the unnamed formulas grows exponentially)
+        inv_facts = frozenset(p for p in facts if p in (SYMMETRIC, PD, PSD, INVERTIBLE))
+        inv_grid = let_grid(f"{label}_i{depth}", rows, inv_facts,
+                            [[factor_common(e.doit(deep=False)) for e in row] for row in out])
+        return inv_grid
+
+    for x in all_inverted:
+        label = labels.get(canonical(x, fb), "inv")
+        facts = fb.facts(x)
+        value = x.xreplace(let_subs)
+        rows = _dim_sizes(x.shape[0], sizes)
+        let = MatrixSymbol(label, x.shape[0], x.shape[1])
+        if collapse:
+            value_grid = _collapse(_block_inputs(value, subs, block_identity))
+            value_grid = [[factor_common(v) for v in row] for row in value_grid]
+        else:
+            value_grid = [[ZeroMatrix(r, c) for c in rows] for r in rows]
+        if SYMMETRIC in facts:
+            symmetric_lets.add(label)
+        grid = let_grid(label, rows, facts, value_grid)
+        let_labels[canonical(let, fb)] = label
+        if len(rows) >= 2:
+            inverse = blocked_inverse(grid, rows, label, facts, 0)
+            if inverse is not None:
+                let_subs[Inverse(x)] = BlockMatrix(inverse)
         else:
             let_subs[Inverse(x)] = Inverse(let)
     outputs: dict[str, list[list[sp.Basic]]] = {}

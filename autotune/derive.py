@@ -297,12 +297,12 @@ class _Builder:
                 return inner
             return self.transpose(inner)
         if isinstance(e, Inverse):
-            return self.chain([e], str(e))
+            return self.chain([e], _label(e))
         if isinstance(e, MatAdd):
             return self.emit_sum(e)
         if isinstance(e, (MatMul, MatPow)):
             coeff, mats = split_coeff(e)
-            step = self.chain(self.leaves(mats), str(e))
+            step = self.chain(self.leaves(mats), _label(e))
             return self.scale(step, coeff, e)
         raise DerivationError(f"cannot derive {e} ({type(e).__name__})")
 
@@ -310,7 +310,7 @@ class _Builder:
         if coeff == 1:
             return step
         if coeff == -1:
-            return self.add("neg", (step,), self.shape_of(step), str(e))
+            return self.add("neg", (step,), self.shape_of(step), _label(e))
         number = sp.Integer(1)
         scalars: list[int] = []
         powers: list[int] = []
@@ -324,7 +324,7 @@ class _Builder:
             else:
                 raise DerivationError(f"unsupported scalar factor {factor} in {e}")
         return self.add(
-            "scale", (step, *scalars), self.shape_of(step), str(e),
+            "scale", (step, *scalars), self.shape_of(step), _label(e),
             coeff=float(number), powers=tuple(powers),
         )
 
@@ -342,15 +342,15 @@ class _Builder:
                 s = self.steps[v]
                 if s.op == "syrk" and len(s.args) == 1:
                     acc = self.add(
-                        "syrk", (s.args[0], acc), self.shape_of(acc), str(e),
+                        "syrk", (s.args[0], acc), self.shape_of(acc), _label(e),
                         alpha=float(coeff) * s.attr("alpha", 1.0), beta=1.0,
                     )
                 else:
                     op = "add" if coeff == 1 else "sub"
-                    acc = self.add(op, (acc, v), self.shape_of(acc), str(e))
+                    acc = self.add(op, (acc, v), self.shape_of(acc), _label(e))
             else:
                 acc = self.add("add", (acc, self.scale(self.emit(prod), coeff, e)),
-                               self.shape_of(acc), str(e))
+                               self.shape_of(acc), _label(e))
         assert acc is not None
         return acc
 
@@ -399,7 +399,7 @@ class _Builder:
 
     def factor(self, x: sp.Basic) -> int:
         a = self.emit(x)
-        return self.add("cholesky", (a,), x.shape, f"chol({x})")
+        return self.add("cholesky", (a,), x.shape, f"chol({_label(x)})")
 
     def is_virtual(self, leaf: sp.Basic) -> bool:
         return isinstance(leaf, Inverse) and self.kernel(leaf.arg) != "inverse"
@@ -457,7 +457,7 @@ class _Builder:
                 eye = self.add("eye", (), x.shape, "I")
                 return self.solve(x, eye, label)
             if isinstance(leaf, Inverse):  # the explicit-inverse kernel
-                return self.add("inv", (self.emit(leaf.arg),), leaf.shape, str(leaf))
+                return self.add("inv", (self.emit(leaf.arg),), leaf.shape, _label(leaf))
             return self.emit(leaf)
         rows = [self.size(m.shape[0]) for m in leaves]
         cols = [self.size(m.shape[1]) for m in leaves]
@@ -520,7 +520,7 @@ class _Builder:
             return hit
         assert t.left is not None and t.right is not None
         shape = (leaves[t.i].shape[0], leaves[t.j].shape[1])
-        text = str(e)
+        text = _label(e)
         if t.left.i == t.left.j and virtual[t.left.i]:
             rhs = self.emit_tree(t.right, leaves, virtual, label)
             step = self.solve(leaves[t.left.i].arg, rhs, text)
@@ -537,6 +537,46 @@ class _Builder:
             else:
                 step = self.add("matmul", (a, b), shape, text)
         return self.remember(e, step)
+
+
+def _label(e: sp.Basic, limit: int = 80) -> str:
+    """A short readable label for a step (SymPy's printer is far too slow for every step)."""
+    out: list[str] = []
+    size = [0]
+
+    def walk(x: sp.Basic) -> None:
+        if size[0] > limit:
+            return
+        if isinstance(x, (MatrixSymbol, sp.Symbol)):
+            text = x.name
+        elif isinstance(x, Transpose):
+            walk(x.arg)
+            text = ".T"
+        elif isinstance(x, Inverse):
+            out.append("inv(")
+            walk(x.arg)
+            text = ")"
+        elif isinstance(x, (MatMul, MatAdd)):
+            sep = "*" if isinstance(x, MatMul) else " + "
+            out.append("(")
+            for i, a in enumerate(x.args):
+                if i:
+                    out.append(sep)
+                walk(a)
+            text = ")"
+        elif isinstance(x, MatPow):
+            walk(x.base)
+            text = f"**{x.exp}"
+        elif x.is_number:
+            text = str(x)
+        else:
+            text = type(x).__name__
+        out.append(text)
+        size[0] += len(text)
+
+    walk(e)
+    text = "".join(out)
+    return text if size[0] <= limit else text[:limit] + "..."
 
 
 def _transpose(x: sp.Basic) -> sp.Basic:

@@ -149,6 +149,9 @@ def tune(
     start = clock()
     interrupted = False
     done = 0
+    repeats = 0  # consecutive proposals of points already measured
+    seen = {_params_key(t.params): t.value
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     try:
         while done < config.trials and clock() - start < config.timeout:
             trial = study.ask({k: optuna.distributions.CategoricalDistribution(v)
@@ -156,6 +159,17 @@ def tune(
             knobs = {k: v for k, v in trial.params.items() if k != TARGET_PARAM}
             target = trial.params[TARGET_PARAM]
             named = trial.user_attrs.get("named", "")
+            pkey = _params_key(trial.params)
+            if pkey in seen and not named:
+                # the sampler proposed a point already measured: tell it the known value
+                # instead of spending the budget on it again
+                trial.set_user_attr("status", "duplicate")
+                study.tell(trial, seen[pkey])
+                repeats += 1
+                if repeats >= 50:
+                    break  # the sampler keeps returning to measured points: the space is done
+                continue
+            repeats = 0
             done += 1
             full_knobs = {**baselines_knobs["flop-optimal"], **knobs}
             if named:
@@ -172,6 +186,7 @@ def tune(
                 low_best = min(low_best, info["low_median"])
             if state == "ok":
                 best = min(best, value)
+                seen[pkey] = value
                 study.tell(trial, value)
                 m = Measurement.from_json(info["measurement"])
                 e = Entry(full_knobs, target, m, named or "")
@@ -202,6 +217,10 @@ def tune(
     rate = dgemm_rate(max(dims.values()), best_entry.target) if dgemm_rate else 0.0
     return SearchResult(best_entry, final, entries, baselines, name, storage,
                         len(study.trials), interrupted, rate)
+
+
+def _params_key(params: Mapping[str, Any]) -> str:
+    return repr(sorted(params.items()))
 
 
 def _calibrate(rates: dict[str, float], e: Entry) -> None:

@@ -97,27 +97,13 @@ def inverted_matrices(problem, fb: FactBase | None = None) -> dict[str, frozense
     return out
 
 
-def _inverted_dims(problem) -> set[str]:
-    from .blocking import _inverses
-
-    dims: set[str] = set()
-    for name in problem.outputs:
-        for x in _inverses(problem.expressions[name]):
-            for s in x.shape:
-                if hasattr(s, "name"):
-                    dims.add(s.name)
-    return dims
-
-
 def knob_space(problem, dims: Mapping[str, int] | None = None) -> dict[str, list[Any]]:
     """Every structural knob and its valid values (the problem's [search] table narrows them)."""
     values = problem.resolve_dims(dims)
     fb = problem.facts(values)
-    inv_dims = _inverted_dims(problem)
     space: dict[str, list[Any]] = {}
     for d in problem.dims:
-        limit = 2 if d in inv_dims else MAX_BLOCKS
-        space[f"blocks.{d}"] = [b for b in range(1, limit + 1) if b <= values[d]]
+        space[f"blocks.{d}"] = [b for b in range(1, MAX_BLOCKS + 1) if b <= values[d]]
         space[f"cut.{d}"] = ["even", 0.25, 0.75]
     space["order"] = [*ORDER_FIXED, 1, 2, 3]
     space["cse"] = [True, False]
@@ -238,7 +224,7 @@ def _check_value(key: str, value: Any, valid: list[Any]) -> None:
         if family == "blocks":
             raise KnobError(
                 f"{key} = {value!r} does not apply: valid block counts here are {valid} "
-                "(at most the dimension's size; at most 2 for a dimension of an inverted matrix)"
+                "(at most the dimension's size)"
             )
         if family == "solver":
             raise KnobError(
