@@ -666,6 +666,22 @@ def _c_blas_kernel_hint() -> str:
     return ""
 
 
+_CONTROLLER: dict[str, Any] = {}
+
+
+def _controller() -> Any:
+    """A cached ``ThreadpoolController`` (scanning the loaded libraries costs about a
+    millisecond, too much for every call of a tuned function); rescanned whenever new modules
+    were imported since, as they may have loaded another BLAS."""
+    from threadpoolctl import ThreadpoolController
+
+    key = len(sys.modules)
+    if _CONTROLLER.get("key") != key:
+        _CONTROLLER["ctl"] = ThreadpoolController()
+        _CONTROLLER["key"] = len(sys.modules)
+    return _CONTROLLER["ctl"]
+
+
 @contextlib.contextmanager
 def thread_limit(target: Target | str) -> Iterator[Target]:
     """Limit the threads the computation may use while inside the block.
@@ -679,15 +695,13 @@ def thread_limit(target: Target | str) -> Iterator[Target]:
     if t.device != "cpu":
         yield t
         return
-    from threadpoolctl import threadpool_limits
-
     if t.backend == "c":
         _preload_c_blas()
     torch = None
     if t.backend == "pytorch" and importlib.util.find_spec("torch") is not None:
         torch = importlib.import_module("torch")
     previous = torch.get_num_threads() if torch is not None else None
-    with threadpool_limits(limits=t.threads, user_api="blas"):
+    with _controller().limit(limits=t.threads, user_api="blas"):
         if torch is not None:
             torch.set_num_threads(t.threads)
         try:
