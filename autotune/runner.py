@@ -162,7 +162,7 @@ def _write_trials(config: SearchConfig, name: str, storage: str) -> Path | None:
     return path
 
 
-def _print_summary(plan: Plan, path: Path, console) -> None:
+def _print_summary(plan: Plan, path: Path, console, written: bool = True) -> None:
     from rich.table import Table
 
     c = plan.content
@@ -187,8 +187,9 @@ def _print_summary(plan: Plan, path: Path, console) -> None:
             f"{c['dgemm_gflops']:.0f} GFLOP/s DGEMM; the plan runs at "
             f"{c['limit_ratio']:.2f}x the limit"
         )
-    console.print(f"plan written to [bold]{path}[/bold]")
-    print(path)
+    if written:
+        console.print(f"plan written to [bold]{path}[/bold]")
+        print(path)
 
 
 def _fmt(x: float | None) -> str:
@@ -209,7 +210,7 @@ def describe_plan(plan: Plan) -> None:
     console.print("dims: " + ", ".join(f"{k}={v}" for k, v in c["dims"].items())
                   + f"; dtype {c['dtype']}; target {c['target']['name']}")
     console.print("params: " + ", ".join(f"{k}={v}" for k, v in sorted(c["params"].items())))
-    _print_summary(plan, plan.path or Path("-"), console)
+    _print_summary(plan, plan.path or Path("-"), console, written=False)
     problem = parse_problem(c["problem"]["source"], origin=c["problem"]["origin"])
     program = derive(problem, c["params"], c["dims"])
     console.print("[bold]computation[/bold] (one line per kernel call):")
