@@ -222,18 +222,19 @@ x = "inv(A)*b"
         derive(q, {"solver.inv1": "cholesky"})
 
 
-def test_blocked_derivation_is_cached_on_disk(tmp_path, monkeypatch):
+@pytest.mark.parametrize("blocks", [{"blocks.n": 2}, {"blocks.k": 3, "blocks.n": 2}],
+                         ids=["n2", "k3-n2"])
+def test_blocked_derivation_is_cached_on_disk(tmp_path, monkeypatch, blocks):
     from autotune import blocking
 
     monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path))
     p = load_problem("kalman")
     blocking._MEMORY.clear()
-    derive.__wrapped__ if hasattr(derive, "__wrapped__") else None
     from autotune.derive import _derive_cached
 
     _derive_cached.cache_clear()
     dims = {"n": 40, "k": 20}
-    knobs = {**named_point(p, "flop-optimal", dims), "blocks.n": 2}
+    knobs = {**named_point(p, "flop-optimal", dims), **blocks}
     first = derive(p, knobs, dims)
     files = list((tmp_path / "derivations").glob("*.json"))
     assert len(files) == 1
