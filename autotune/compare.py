@@ -147,7 +147,7 @@ class _Builder:
         self.solve = solve
 
     def size(self, s: Any) -> int:
-        return int(sp.sympify(s).subs(self.sizes))
+        return int(s) if isinstance(s, int) else int(s.subs(self.sizes))
 
     def scalar(self, e: sp.Basic) -> Callable[[dict], Any]:
         if e.is_Number:

@@ -47,7 +47,7 @@ class _Evaluator:
         self.conditions: dict[str, float] = {}
 
     def size(self, d: sp.Basic) -> int:
-        return int(sp.sympify(d).subs(self.dims))
+        return int(d) if isinstance(d, int) else int(d.subs(self.dims))
 
     def scalar(self, e: sp.Basic) -> float:
         subs = {sp.Symbol(k, real=True): v for k, v in self.values.items() if np.isscalar(v)}

@@ -194,7 +194,7 @@ class Problem:
         if not isinstance(e, MatrixExpr):
             return ()
         subs = {self.dim_symbols[d]: v for d, v in dims.items()}
-        return (int(sp.sympify(e.shape[0]).subs(subs)), int(sp.sympify(e.shape[1]).subs(subs)))
+        return tuple(int(d) if isinstance(d, int) else int(d.subs(subs)) for d in e.shape)  # type: ignore[return-value]
 
     # -- Python API ----------------------------------------------------------------------
     @classmethod
@@ -218,11 +218,18 @@ class Problem:
         from .formula import tokenize  # noqa: F401  (keeps the dependency explicit)
 
         properties = dict(properties or {})
+        for oname, expr in outputs.items():
+            if not isinstance(expr, MatrixExpr):
+                # a string here is refused: text goes through the safe parser, never SymPy
+                raise SpecError(
+                    f"from_sympy: output {oname!r} must be a SymPy matrix expression, got "
+                    f"{type(expr).__name__}; for formulas as text use parse_problem"
+                )
         atoms: dict[str, sp.Basic] = {}
         for expr in outputs.values():
-            for a in sp.sympify(expr).atoms(MatrixSymbol):
+            for a in expr.atoms(MatrixSymbol):
                 atoms[a.name] = a
-            for a in sp.sympify(expr).free_symbols:
+            for a in expr.free_symbols:
                 if isinstance(a, sp.Symbol) and not isinstance(a, MatrixSymbol):
                     if not any(a in (m.shape[0], m.shape[1]) for m in atoms.values()):
                         atoms.setdefault(a.name, a)
@@ -253,7 +260,7 @@ class Problem:
                 lines.append(f"{nm} = {{ shape = [], properties = {_toml_list(props)} }}")
         lines.append("\n[outputs]")
         for nm, expr in outputs.items():
-            lines.append(f"{nm} = {_toml_str(_formula_text(sp.sympify(expr)))}")
+            lines.append(f"{nm} = {_toml_str(_formula_text(expr))}")
         text = "\n".join(lines) + "\n"
         if search:
             import tomli_w

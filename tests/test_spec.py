@@ -584,3 +584,17 @@ def test_moderate_definition_chains_are_fine():
         origin="chain.toml",
     )
     assert p.expressions["y"] == 21 * p.symbols["A"]
+
+
+def test_from_sympy_refuses_text_instead_of_expressions():
+    import sympy as sp
+
+    from autotune.errors import SpecError
+    from autotune.spec import Problem
+
+    n = sp.Symbol("n", integer=True, positive=True)
+    a = sp.MatrixSymbol("A", n, n)
+    with pytest.raises(SpecError, match="must be a SymPy matrix expression"):
+        Problem.from_sympy({"x": "__import__('os').system('true')"}, dims={n: 4})
+    p = Problem.from_sympy({"x": a.T * a}, {a: ["invertible"]}, dims={n: 4})
+    assert p.shape_of("x", p.resolve_dims()) == (4, 4)
