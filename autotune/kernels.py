@@ -460,6 +460,28 @@ def numba_funcify_SymRankK(op, node, **kwargs):
 # is registered; importing this module never imports jax or torch.
 
 
+def _matmul_impl(op: SymRankK, matmul):
+    """The SYRK op as ``alpha * a.T @ a + beta * c`` with a backend's ``matmul`` (JAX and
+    PyTorch have no SYRK; their compilers decide)."""
+    alpha, beta = op.alpha, op.beta
+    if op.has_c and beta != 0.0:
+
+        def sym_rank_k(a, c):
+            return alpha * matmul(a.T, a) + beta * c
+
+    elif op.has_c:
+
+        def sym_rank_k(a, c):
+            return alpha * matmul(a.T, a)
+
+    else:
+
+        def sym_rank_k(a):
+            return alpha * matmul(a.T, a)
+
+    return sym_rank_k
+
+
 def _register_jax() -> bool:
     try:
         import jax.numpy as jnp
@@ -469,23 +491,7 @@ def _register_jax() -> bool:
 
     @jax_funcify.register(SymRankK)
     def jax_funcify_SymRankK(op, **kwargs):
-        alpha, beta = op.alpha, op.beta
-        if op.has_c and beta != 0.0:
-
-            def sym_rank_k_jax(a, c):
-                return alpha * jnp.matmul(a.T, a) + beta * c
-
-        elif op.has_c:
-
-            def sym_rank_k_jax(a, c):
-                return alpha * jnp.matmul(a.T, a)
-
-        else:
-
-            def sym_rank_k_jax(a):
-                return alpha * jnp.matmul(a.T, a)
-
-        return sym_rank_k_jax
+        return _matmul_impl(op, jnp.matmul)
 
     return True
 
@@ -499,23 +505,7 @@ def _register_pytorch() -> bool:
 
     @pytorch_funcify.register(SymRankK)
     def pytorch_funcify_SymRankK(op, **kwargs):
-        alpha, beta = op.alpha, op.beta
-        if op.has_c and beta != 0.0:
-
-            def sym_rank_k_torch(a, c):
-                return alpha * torch.matmul(a.T, a) + beta * c
-
-        elif op.has_c:
-
-            def sym_rank_k_torch(a, c):
-                return alpha * torch.matmul(a.T, a)
-
-        else:
-
-            def sym_rank_k_torch(a):
-                return alpha * torch.matmul(a.T, a)
-
-        return sym_rank_k_torch
+        return _matmul_impl(op, torch.matmul)
 
     return True
 

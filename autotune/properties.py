@@ -312,28 +312,28 @@ def _scalar_nonzero(c: sp.Basic, fb: FactBase) -> bool:
     return False
 
 
-def col_full_rank(e: sp.Basic, fb: FactBase) -> bool:
-    """rank(e) = number of columns."""
+def _full_rank_side(e: sp.Basic, fb: FactBase, columns: bool) -> bool:
+    """rank(e) = number of columns (``columns``) or of rows: full rank on the short side, or a
+    nonzero multiple of a product whose factors all have it."""
     r, c = fb.size(e.shape[0]), fb.size(e.shape[1])
-    f = fb.facts(e)
-    if FULL_RANK in f and r is not None and c is not None and c <= r:
+    if FULL_RANK in fb.facts(e) and r is not None and c is not None and (
+        c <= r if columns else r <= c
+    ):
         return True
     if isinstance(e, MatMul):
         coeff, mats = split_coeff(e)
-        return _scalar_nonzero(coeff, fb) and all(col_full_rank(m, fb) for m in mats)
+        return _scalar_nonzero(coeff, fb) and all(_full_rank_side(m, fb, columns) for m in mats)
     return False
+
+
+def col_full_rank(e: sp.Basic, fb: FactBase) -> bool:
+    """rank(e) = number of columns."""
+    return _full_rank_side(e, fb, columns=True)
 
 
 def row_full_rank(e: sp.Basic, fb: FactBase) -> bool:
     """rank(e) = number of rows."""
-    r, c = fb.size(e.shape[0]), fb.size(e.shape[1])
-    f = fb.facts(e)
-    if FULL_RANK in f and r is not None and c is not None and r <= c:
-        return True
-    if isinstance(e, MatMul):
-        coeff, mats = split_coeff(e)
-        return _scalar_nonzero(coeff, fb) and all(row_full_rank(m, fb) for m in mats)
-    return False
+    return _full_rank_side(e, fb, columns=False)
 
 
 def _product(mats: list[sp.Basic]) -> sp.Basic:
