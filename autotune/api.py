@@ -92,9 +92,11 @@ def _asymmetry(a: np.ndarray, tile: int = 128) -> float:
 class TunedFunction:
     """A compiled plan. Call with arrays by keyword (input names) or position."""
 
-    def __init__(self, plan: Plan, check_finite: bool = True, check_properties: bool = True):
+    def __init__(self, plan: Plan, check_finite: bool = True, check_properties: bool = True,
+                 heap: str | None = None):
         from .derive import derive
         from .lower import lower
+        from .memory import check_heap_policy, set_heap_policy
         from .spec import parse_problem
         from .targets import (
             check_available,
@@ -122,6 +124,10 @@ class TunedFunction:
             )
         self.dims = {k: int(v) for k, v in c["dims"].items()}
         self.dtype = c["dtype"]
+        # the heap policy the plan was measured under, process-wide (see autotune.memory)
+        self.heap = check_heap_policy(plan.heap if heap is None else heap, "heap")
+        if heap is not None or self.heap != "system":  # an old plan leaves the process alone
+            set_heap_policy(self.heap)
         try:
             target = check_available(parse_target(c["target"]["name"]))
         except AutotuneError as exc:
@@ -246,9 +252,15 @@ class TunedFunction:
 
 
 def load_plan(path: str | Path, check_finite: bool = True,
-              check_properties: bool = True) -> TunedFunction:
-    """Load, verify and compile a plan; returns a callable."""
-    return TunedFunction(read_plan(path), check_finite, check_properties)
+              check_properties: bool = True, heap: str | None = None) -> TunedFunction:
+    """Load, verify and compile a plan; returns a callable.
+
+    ``heap``: the process's heap policy (:mod:`autotune.memory`). By default the plan's own
+    (``retain`` for plans tuned with it: big temporaries keep their pages between calls, so
+    the process keeps the computation's peak working set resident); ``"system"`` leaves the
+    C library's default allocator behaviour (slower calls, memory given back after each).
+    The policy is process-wide."""
+    return TunedFunction(read_plan(path), check_finite, check_properties, heap)
 
 
 def find_plan(problem: str, dims: Mapping[str, int] | None = None,

@@ -112,10 +112,14 @@ def _default_targets(problem) -> list[str]:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True,
               help="Folder for the plan, the study and the trials table.")
+@click.option("--heap", type=click.Choice(["retain", "system"]), default="retain",
+              show_default=True,
+              help="Heap policy of the measuring process, recorded in the plan: 'retain' "
+              "keeps big temporaries' pages between calls; 'system' is the C library's default.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run(problem_name: str, n: int | None, dim: tuple[str, ...], trials: int, timeout: float,
         targets: tuple[str, ...], dtype: str, seed: int, storage: str | None, jobs: int,
-        out: Path, quiet: bool) -> None:
+        out: Path, heap: str, quiet: bool) -> None:
     """Tune a problem on this machine and store the best plan (default: the Kalman filter)."""
     from .spec import load_problem
     from .targets import check_available, parse_target
@@ -129,7 +133,7 @@ def run(problem_name: str, n: int | None, dim: tuple[str, ...], trials: int, tim
     from .search import SearchConfig
 
     config = SearchConfig(trials=trials, timeout=timeout, targets=names, dtype=dtype, seed=seed,
-                          storage=storage, out=out)
+                          storage=storage, out=out, heap=heap)
     from .runner import run_tuning
 
     run_tuning(problem, dims, config, jobs=jobs, quiet=quiet)

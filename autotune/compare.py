@@ -501,6 +501,9 @@ class Case:
     limit_s: float | None = None
     plan: str = ""
     plan_target: str = ""
+    min_flops: float | None = None  # the fewest FLOPs of any candidate (flop-optimal point)
+    dgemm_samples: list[float] = field(default_factory=list)  # interleaved with the variants
+    dgemm_gflops: float | None = None
 
     @property
     def title(self) -> str:
@@ -516,6 +519,8 @@ class Case:
         return {"problem": self.problem, "dims": self.dims, "threads": self.threads,
                 "tolerance": self.tolerance, "flops": self.flops, "limit_s": self.limit_s,
                 "plan": self.plan, "plan_target": self.plan_target,
+                "min_flops": self.min_flops, "dgemm_samples": self.dgemm_samples,
+                "dgemm_gflops": self.dgemm_gflops,
                 "variants": {k: v.to_json() for k, v in self.variants.items()}}
 
     @classmethod
@@ -523,7 +528,9 @@ class Case:
         case = cls(d["problem"], dict(d["dims"]), int(d["threads"]),
                    tolerance=d.get("tolerance", 0.0), flops=d.get("flops"),
                    limit_s=d.get("limit_s"), plan=d.get("plan", ""),
-                   plan_target=d.get("plan_target", ""))
+                   plan_target=d.get("plan_target", ""), min_flops=d.get("min_flops"),
+                   dgemm_samples=list(d.get("dgemm_samples", [])),
+                   dgemm_gflops=d.get("dgemm_gflops"))
         for k, v in d.get("variants", {}).items():
             case.variants[k] = VariantResult(
                 k, v["label"], list(v["samples"]), v.get("error"), v["ok"],
@@ -546,7 +553,8 @@ def _log(quiet: bool, msg: str) -> None:
 
 
 def _tuned_plan(problem: Problem, dims: dict[str, int], out: Path, trials: int,
-                tune_timeout: float, threads: int, quiet: bool) -> tuple[Path | None, str]:
+                tune_timeout: float, threads: int, quiet: bool,
+                heap: str = "retain") -> tuple[Path | None, str]:
     """The exact-size plan in ``out``; else one tuned now (``trials`` > 0); else None."""
     from .api import find_plan
     from .errors import PlanError
@@ -562,13 +570,13 @@ def _tuned_plan(problem: Problem, dims: dict[str, int], out: Path, trials: int,
 
     _log(quiet, f"  tuning {problem.name} {dims}: {trials} trials / {tune_timeout:.0f} s")
     config = SearchConfig(trials=trials, timeout=tune_timeout, targets=(f"numba-t{threads}",),
-                          out=out, final_round_top=2)
+                          out=out, final_round_top=2, heap=heap)
     return run_tuning(problem, dims, config, quiet=True), "tuned now"
 
 
 def _build_variants(problem: Problem, dims: dict[str, int], case: Case, out: Path,
                     trials: int, tune_timeout: float, want: Sequence[str],
-                    quiet: bool) -> dict[str, Function]:
+                    quiet: bool, heap: str = "retain") -> dict[str, Function]:
     from .api import load_plan
     from .derive import derive
     from .space import named_point
@@ -596,7 +604,7 @@ def _build_variants(problem: Problem, dims: dict[str, int], case: Case, out: Pat
                 res.detail = "XLA CPU thread pool"
             elif key == "plan":
                 path, how = _tuned_plan(problem, dims, out, trials, tune_timeout,
-                                        case.threads, quiet)
+                                        case.threads, quiet, heap)
                 if path is None:
                     knobs = named_point(problem, "flop-optimal", dims)
                     fns[key] = compile_knobs(problem, knobs, dims, target)
@@ -604,7 +612,8 @@ def _build_variants(problem: Problem, dims: dict[str, int], case: Case, out: Pat
                 else:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        tf = load_plan(path, check_finite=False, check_properties=False)
+                        tf = load_plan(path, check_finite=False, check_properties=False,
+                                       heap=heap)
                     knobs = tf.plan.params
                     # the compiled function itself: the plan's per-call input checks are not
                     # part of the computation (NumPy's variants do none either)
@@ -621,7 +630,8 @@ def _build_variants(problem: Problem, dims: dict[str, int], case: Case, out: Pat
 
 def _run_case(problem: Problem, overrides: Mapping[str, int], out: Path, threads: int,
               repeats: int, trials: int, tune_timeout: float, want: Sequence[str],
-              rate: float, seed: int, quiet: bool) -> Case:
+              rate: float, seed: int, quiet: bool, heap: str = "retain",
+              dgemm_n: int = 2000) -> Case:
     from threadpoolctl import threadpool_limits
 
     from .instances import random_instance
@@ -634,8 +644,19 @@ def _run_case(problem: Problem, overrides: Mapping[str, int], out: Path, threads
     args = [values[n] for n in problem.inputs]
     ref = evaluate_reference(problem, values, dims)
     case.tolerance = tolerance("float64", ref.condition, max(dims.values()))
-    fns = _build_variants(problem, dims, case, out, trials, tune_timeout, want, quiet)
+    fns = _build_variants(problem, dims, case, out, trials, tune_timeout, want, quiet, heap)
     names = list(problem.outputs)
+    try:  # the limit counts the fewest FLOPs any candidate needs, not the plan's own
+        from .derive import derive
+        from .space import named_point
+
+        case.min_flops = derive(problem, named_point(problem, "flop-optimal", dims),
+                                dims).flops(dims)
+    except Exception:  # noqa: BLE001 - then the plan's FLOPs stand in
+        case.min_flops = None
+    rng = np.random.default_rng(seed)
+    ga, gb = rng.standard_normal((dgemm_n, dgemm_n)), rng.standard_normal((dgemm_n, dgemm_n))
+    gc = np.empty_like(ga)
     jax_args = None
     if "jax" in fns:
         import jax
@@ -658,7 +679,11 @@ def _run_case(problem: Problem, overrides: Mapping[str, int], out: Path, threads
                 del fns[key]
             del outs
         _log(quiet, f"{case.title}: timing {', '.join(fns)} ({repeats} rounds)")
-        for _ in range(repeats):  # interleaved: A B C ... A B C ...
+        np.matmul(ga, gb, out=gc)
+        for _ in range(repeats):  # interleaved: A B C ... DGEMM A B C ... DGEMM
+            t0 = time.perf_counter()
+            np.matmul(ga, gb, out=gc)
+            case.dgemm_samples.append(time.perf_counter() - t0)
             for key, fn in list(fns.items()):
                 a = jax_args if key == "jax" else args
                 try:
@@ -670,8 +695,12 @@ def _run_case(problem: Problem, overrides: Mapping[str, int], out: Path, threads
                     res.ok, res.samples = False, []
                     res.message = f"failed: {_short(exc)}"
                     del fns[key]
-    if case.flops and rate > 0:
-        case.limit_s = case.flops / rate
+    if case.dgemm_samples:  # the rate of this case's own rounds (the machine drifts)
+        rate = 2.0 * dgemm_n**3 / statistics.median(case.dgemm_samples)
+    case.dgemm_gflops = rate / 1e9 if rate > 0 else None
+    flops = min(f for f in (case.flops, case.min_flops) if f) if case.flops else None
+    if flops and rate > 0:
+        case.limit_s = flops / rate
     return case
 
 
@@ -679,7 +708,7 @@ def compare(problems_and_sizes: Sequence[tuple[str | Problem, Mapping[str, int]]
             out: str | Path = "results", trials: int = 10, quick: bool = False,
             tune_timeout: float = 90.0, repeats: int = 3, threads: int | None = None,
             variants: Sequence[str] | None = None, seed: int = 0, dgemm_n: int | None = None,
-            quiet: bool = False) -> dict[str, Any]:
+            quiet: bool = False, heap: str = "retain") -> dict[str, Any]:
     """Measure every variant side by side for each (problem, dims) and write the report.
 
     ``problems_and_sizes``: pairs of a problem (name or :class:`Problem`) and its dimension
@@ -687,15 +716,20 @@ def compare(problems_and_sizes: Sequence[tuple[str | Problem, Mapping[str, int]]
     ``trials``/``tune_timeout``: the budget of a tuning run for a case without a stored
     plan in ``out`` (``trials=0``: use the flop-optimal candidate instead). ``repeats``
     (at least 3) interleaved rounds after one warm-up; ``threads``: BLAS threads (default:
-    every usable core). ``variants``: a subset of :data:`VARIANTS`.
+    every usable core). ``variants``: a subset of :data:`VARIANTS`. ``heap``: the heap policy
+    of this process (:mod:`autotune.memory`), the same for every variant and for the tuning
+    of a case without a plan.
 
     Writes ``out/BENCHMARKS.md``, ``out/benchmarks.json`` and ``out/benchmarks.png``;
     returns the results (``{"machine", "date", "threads", "dgemm_gflops", "cases", "paths"}``).
     """
     from .measure import dgemm_rate
+    from .memory import check_heap_policy, set_heap_policy
     from .targets import cpu_threads, machine_fingerprint
 
     configure_environment()
+    heap = check_heap_policy(heap)
+    heap_applied = set_heap_policy(heap)
     if repeats < 3:
         raise ValueError(f"repeats must be at least 3 (the median of 3 or more), got {repeats}")
     want = list(VARIANTS) if variants is None else list(variants)
@@ -715,7 +749,7 @@ def compare(problems_and_sizes: Sequence[tuple[str | Problem, Mapping[str, int]]
     for prob, overrides in problems_and_sizes:
         problem = prob if isinstance(prob, Problem) else load_problem(prob)
         cases.append(_run_case(problem, overrides, out, threads, repeats, trials, tune_timeout,
-                               want, rate, seed, quiet))
+                               want, rate, seed, quiet, heap, dgemm_n))
     results: dict[str, Any] = {
         "machine": machine_fingerprint(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -724,6 +758,7 @@ def compare(problems_and_sizes: Sequence[tuple[str | Problem, Mapping[str, int]]
         "quick": quick,
         "dgemm_n": dgemm_n,
         "dgemm_gflops": rate / 1e9,
+        "heap": heap if heap_applied else "system",
         "cases": [c.to_json() for c in cases],
     }
     json_path = out / "benchmarks.json"
@@ -784,8 +819,12 @@ def _machine_lines(results: Mapping[str, Any]) -> list[str]:
         f"- Software: {versions}",
         f"- Threads: {results['threads']} BLAS thread(s) for every variant (threadpoolctl); "
         "JAX uses XLA's own CPU thread pool",
-        f"- DGEMM: {results['dgemm_gflops']:.1f} GFLOP/s (float64, n = {results['dgemm_n']}, "
-        "same thread count, this run)",
+        f"- DGEMM: {results['dgemm_gflops']:.1f} GFLOP/s at the start (float64, n = "
+        f"{results['dgemm_n']}, same thread count); each case also times it in its own "
+        "rounds, and its limit uses that rate",
+        f"- Memory: heap policy `{results.get('heap', 'system')}` for every variant ("
+        + ("big temporaries keep their pages between calls; see `autotune/memory.py`"
+           if results.get("heap") == "retain" else "the C library's default") + ")",
         f"- Date: {results['date']}",
     ]
 
@@ -802,9 +841,10 @@ def write_markdown(results: Mapping[str, Any] | str | Path, path: str | Path) ->
         "Every variant runs on the same random instance and is checked against an "
         "independent float64 reference (NumPy/SciPy with LU solves, right to left). Times "
         f"are the median of {res.get('repeats', 3)} calls after one warm-up call, measured "
-        "interleaved (A B C ... A B C ...) in one process. *× plan* is the time over the "
-        "tuned plan's; *× limit* over the physical limit: the plan's FLOP count at the "
-        "DGEMM rate above. Regenerate with `python -m autotune.compare`.",
+        "interleaved (A B C ... DGEMM A B C ... DGEMM) in one process. *× plan* is the time "
+        "over the tuned plan's; *× limit* over the physical limit: the fewest FLOPs of any "
+        "candidate autotune derives (its `flop-optimal` point, or the plan's if fewer) at the "
+        "DGEMM rate measured in the same rounds. Regenerate with `python -m autotune.compare`.",
         "",
         "| variant | what it is |",
         "| --- | --- |",
@@ -819,14 +859,18 @@ def write_markdown(results: Mapping[str, Any] | str | Path, path: str | Path) ->
         "| 2013 2×2 blocked | the `seed-2x2` named point: halves of every operand |",
         "| JAX jit as written | the formula in `jax.numpy` under `jax.jit` |",
         "| tuned plan | the plan autotune found (`results/plan-*.json`) |",
-        "| physical limit | the plan's FLOPs at the measured DGEMM rate |",
+        "| physical limit | the fewest FLOPs at the DGEMM rate of the same rounds |",
     ]
     for case in cases:
         plan_t = case.time("plan")
         lines += ["", f"## {case.title}", ""]
         if case.plan:
             flops = f"; {case.flops / 1e9:.2f} GFLOP" if case.flops else ""
-            lines += [f"Plan: {case.plan}, target {case.plan_target}{flops}; accuracy "
+            if case.min_flops:
+                flops += f" (fewest of any candidate: {case.min_flops / 1e9:.2f} GFLOP)"
+            rate = (f"; DGEMM {case.dgemm_gflops:.1f} GFLOP/s in these rounds"
+                    if case.dgemm_gflops else "")
+            lines += [f"Plan: {case.plan}, target {case.plan_target}{flops}{rate}; accuracy "
                       f"tolerance {case.tolerance:.1e}.", ""]
         lines += ["| variant | time | × plan | × limit | rel. error |",
                   "| --- | ---: | ---: | ---: | ---: |"]
@@ -971,12 +1015,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds of tuning per case without a plan")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (>= 3)")
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads")
+    parser.add_argument("--heap", choices=["retain", "system"], default="retain",
+                        help="heap policy of the process, for every variant (default: retain)")
     parser.add_argument("--quiet", action="store_true")
     a = parser.parse_args(argv)
     try:
         res = compare(a.case, out=a.out, trials=a.trials, quick=a.quick,
                       tune_timeout=a.tune_timeout, repeats=a.repeats, threads=a.threads,
-                      quiet=a.quiet)
+                      quiet=a.quiet, heap=a.heap)
     except (AutotuneError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -236,10 +236,13 @@ def dgemm_rate(n: int, target: str = "numba", repeats: int = 3) -> float:
     return 2.0 * n**3 / best
 
 
-def _worker_main(conn) -> None:  # pragma: no cover - runs in the child process
+def _worker_main(conn, heap: str = "system") -> None:  # pragma: no cover - in the child
     import signal
 
+    from .memory import set_heap_policy
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    set_heap_policy(heap)  # before anything big is allocated
     while True:
         try:
             msg = conn.recv()
@@ -263,11 +266,16 @@ def _worker_main(conn) -> None:  # pragma: no cover - runs in the child process
 
 class Worker:
     """A persistent child process that measures jobs; killed and restarted after a timeout
-    or a crash. Use as a context manager."""
+    or a crash. Use as a context manager. ``heap``: the heap policy of the child process
+    (:mod:`autotune.memory`), under which every candidate is measured."""
 
-    def __init__(self, timeout: float = 600.0, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, timeout: float = 600.0, env: Mapping[str, str] | None = None,
+                 heap: str = "system") -> None:
+        from .memory import check_heap_policy
+
         self.timeout = timeout
         self.env = dict(env or {})
+        self.heap = check_heap_policy(heap)
         self._proc: mp.Process | None = None
         self._conn = None
 
@@ -280,7 +288,7 @@ class Worker:
         try:
             ctx = mp.get_context("spawn")
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child,), daemon=True)
+            proc = ctx.Process(target=_worker_main, args=(child, self.heap), daemon=True)
             proc.start()
         finally:
             for k, v in old.items():

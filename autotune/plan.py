@@ -71,6 +71,12 @@ class Plan:
         return self.content["dtype"]
 
     @property
+    def heap(self) -> str:
+        """The heap policy the plan was measured under (``system`` for plans that predate
+        the setting); see :mod:`autotune.memory`."""
+        return str(self.content.get("environment", {}).get("heap", "system"))
+
+    @property
     def median(self) -> float:
         return float(self.content["timing"]["median"])
 
@@ -140,6 +146,14 @@ def _check(content: Any, where: str) -> None:
     src = content["problem"].get("source", "")
     if hashlib.sha256(src.encode()).hexdigest() != content["problem"].get("sha256"):
         raise PlanError(f"{where}: the stored problem text does not match its sha256")
+    env = content.get("environment", {})
+    if not isinstance(env, dict):
+        raise PlanError(f"{where}: 'environment' must be a JSON object")
+    from .memory import HEAP_POLICIES
+
+    if env.get("heap", "system") not in HEAP_POLICIES:
+        raise PlanError(f"{where}: environment.heap {env.get('heap')!r} is not one of: "
+                        f"{', '.join(HEAP_POLICIES)}")
 
 
 def read_plan(path: str | Path) -> Plan:

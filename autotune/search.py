@@ -52,6 +52,7 @@ class SearchConfig:
     low_fidelity: bool = True
     policy: TimingPolicy = field(default_factory=TimingPolicy)
     candidate_timeout: float = 300.0
+    heap: str = "retain"  # the workers' heap policy (autotune.memory), recorded in the plan
 
 
 @dataclass
