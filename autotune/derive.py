@@ -332,18 +332,36 @@ class _Builder:
         terms = [split_coeff(t) for t in e.args]
         terms.sort(key=lambda t: 0 if (t[0].is_number and t[0] > 0) else 1)
         acc: int | None = None
+        done: sp.Basic | None = None  # the terms summed into acc so far
         for coeff, mats in terms:
             prod = mats[0] if len(mats) == 1 else MatMul(*mats)
+            term = prod if coeff == 1 else MatMul(coeff, *mats)
             if acc is None:
                 acc = self.scale(self.emit(prod), coeff, e)
+                done = term
                 continue
+            assert done is not None
             if coeff in (1, -1):
                 v = self.emit(prod)
                 s = self.steps[v]
-                if s.op == "syrk" and len(s.args) == 1:
+                # the symmetric kernels read one triangle of the matrix they update: fuse
+                # only into a sum that is symmetric so far
+                if s.op == "syrk" and len(s.args) == 1 and self.symmetric(done):
                     acc = self.add(
                         "syrk", (s.args[0], acc), self.shape_of(acc), _label(e),
                         alpha=float(coeff) * s.attr("alpha", 1.0), beta=1.0,
+                    )
+                elif s.op == "symprod" and len(s.args) == 2 and self.symmetric(done):
+                    acc = self.add(
+                        "symprod", (*s.args, acc), self.shape_of(acc), _label(e),
+                        alpha=float(coeff) * s.attr("alpha", 1.0), beta=1.0,
+                    )
+                elif self._fusable(acc) and self.symmetric(term):
+                    # the sum so far is one symmetric kernel call: the new term is its C
+                    cur = self.steps[acc]
+                    acc = self.add(
+                        cur.op, (*cur.args, v), self.shape_of(acc), _label(e),
+                        alpha=cur.attr("alpha", 1.0), beta=float(coeff),
                     )
                 else:
                     op = "add" if coeff == 1 else "sub"
@@ -351,8 +369,29 @@ class _Builder:
             else:
                 acc = self.add("add", (acc, self.scale(self.emit(prod), coeff, e)),
                                self.shape_of(acc), _label(e))
+            done = MatAdd(done, term)
         assert acc is not None
         return acc
+
+    def _fusable(self, i: int) -> bool:
+        """Step i is a symmetric kernel call without a C term (syrk of A, symprod of A, B)."""
+        st = self.steps[i]
+        return (st.op == "syrk" and len(st.args) == 1) or (
+            st.op == "symprod" and len(st.args) == 2)
+
+    def structurally_symmetric(self, e: sp.Basic) -> bool:
+        """A product equal to its own transpose by canonical form (H*Sigma*H.T with Sigma
+        symmetric): what the chain kernels may rely on, cheap enough for the DP."""
+        return self.key(Transpose(e)) == self.key(e)
+
+    def symmetric(self, e: sp.Basic) -> bool:
+        """Known symmetric: structurally (its transpose has the same canonical form, as
+        H*Sigma*H.T with Sigma symmetric) or by the fact base."""
+        if e.shape[0] != e.shape[1]:
+            return False
+        if self.key(Transpose(e)) == self.key(e):
+            return True
+        return SYMMETRIC in self.fb.facts(e)
 
     # -- kernels for inverses ------------------------------------------------------------------
     def kernel(self, x: sp.Basic) -> str:
@@ -472,6 +511,16 @@ class _Builder:
                 return False
             return self.lookup(expr(i, j)) is not None
 
+        sym: dict[tuple[int, int], bool] = {}
+
+        def symmetric(i: int, j: int) -> bool:
+            """The product of leaves i..j is known symmetric (the symmetric-product kernel
+            computes one triangle of it)."""
+            if (i, j) not in sym:
+                sym[(i, j)] = (bool(self.knobs.get("symprod")) and rows[i] == cols[j]
+                               and self.structurally_symmetric(expr(i, j)))
+            return sym[(i, j)]
+
         def combine_cost(i: int, s: int, j: int) -> float:
             lv = i == s and virtual[i]
             rv = s + 1 == j and virtual[j]
@@ -483,6 +532,8 @@ class _Builder:
                 return self.solve_cost(leaves[i].arg, cols[j])
             if rv:
                 return self.solve_cost(leaves[j].arg, rows[i])
+            if symmetric(i, j):
+                return float(rows[i] * (rows[i] + 1) * cols[s])
             return 2.0 * rows[i] * cols[s] * cols[j]
 
         def mirrored(i: int, s: int, j: int) -> bool:
@@ -534,6 +585,9 @@ class _Builder:
             sa = self.steps[a]
             if self.knobs["syrk"] and sa.op == "transpose" and sa.args[0] == b:
                 step = self.add("syrk", (b,), shape, text, alpha=1.0, beta=0.0)
+            elif (self.knobs.get("symprod") and self.size(shape[0]) == self.size(shape[1])
+                  and self.structurally_symmetric(e)):
+                step = self.add("symprod", (a, b), shape, text, alpha=1.0, beta=0.0)
             else:
                 step = self.add("matmul", (a, b), shape, text)
         return self.remember(e, step)

@@ -41,7 +41,7 @@ COLORS = {
 _FAMILY = {
     "cholesky": "factor", "inv": "factor",
     "trsolve": "solve", "cho_solve": "solve", "solve": "solve", "diag_solve": "solve",
-    "matmul": "product", "syrk": "product",
+    "matmul": "product", "syrk": "product", "symprod": "product",
     "add": "elementwise", "sub": "elementwise", "neg": "elementwise", "scale": "elementwise",
 }
 
@@ -109,6 +109,8 @@ def _op_text(step: Any) -> str:
         return f"scale ({coeff:g})" if len(step.args) == 1 else "scale"
     if op == "syrk" and len(step.args) > 1:
         return f"syrk ({step.attr('alpha', 1.0):+g}, beta {step.attr('beta', 1.0):g})"
+    if op == "symprod" and len(step.args) > 2:
+        return f"symprod ({step.attr('alpha', 1.0):+g}, beta {step.attr('beta', 1.0):g})"
     return op
 
 

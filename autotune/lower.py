@@ -104,6 +104,11 @@ def _lower_step(program: Program, i: int, v: dict[int, Any], env: Mapping[str, i
 
         c = a[1] if len(a) > 1 else None
         return sym_rank_k(a[0], c, alpha=s.attr("alpha", 1.0), beta=s.attr("beta", 0.0))
+    if op == "symprod":
+        from .kernels import sym_product
+
+        c = a[2] if len(a) > 2 else None
+        return sym_product(a[0], a[1], c, alpha=s.attr("alpha", 1.0), beta=s.attr("beta", 0.0))
     if op == "add":
         return a[0] + a[1]
     if op == "sub":

@@ -25,6 +25,7 @@ OPS: dict[str, str] = {
     "transpose": "transpose (a view)",
     "matmul": "general matrix product (GEMM/GEMV)",
     "syrk": "symmetric rank-k update alpha*A.T@A + beta*C (full symmetric result)",
+    "symprod": "product known to be symmetric alpha*A@B + beta*C: one triangle, mirrored",
     "add": "elementwise sum",
     "sub": "elementwise difference",
     "scale": "scalar times matrix: attrs coeff (number) or args[1] (a scalar input)",
@@ -107,6 +108,10 @@ class Program:
             k = self.shape(s.args[0], env)[0]
             extra = m * n if len(s.args) > 1 else 0
             return float(n * n * k + extra)  # n(n+1)k ~ n^2 k: half of a GEMM
+        if op == "symprod":
+            k = self.shape(s.args[0], env)[1]
+            extra = m * n if len(s.args) > 2 else 0
+            return float(m * (m + 1) * k + extra)  # the lower triangle: half of a GEMM
         if op in ("add", "sub", "scale", "neg"):
             return float(m * n)
         if op == "cholesky":

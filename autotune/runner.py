@@ -190,11 +190,14 @@ def _print_summary(plan: Plan, path: Path, console, written: bool = True) -> Non
     row("[bold]plan[/bold]", {**c["timing"], "target": c["target"]["name"]}, None)
     console.print(table)
     if c.get("physical_limit_s"):
+        from .graph import _fmt_gflop
+
         fewest = c.get("fewest_flops") or c["flops"]
-        also = f" (fewest of any candidate {fewest / 1e9:.1f} G)" if fewest < c["flops"] else ""
+        also = (f" (fewest of any candidate {_fmt_gflop(fewest / 1e9)})"
+                if fewest < c["flops"] else "")
         console.print(
-            f"FLOPs {c['flops'] / 1e9:.1f} G{also}; physical limit "
-            f"{c['physical_limit_s']:.3f} s at "
+            f"{_fmt_gflop(c['flops'] / 1e9)}{also}; physical limit "
+            f"{_fmt(c['physical_limit_s'])} at "
             f"{c['dgemm_gflops']:.0f} GFLOP/s DGEMM; the plan runs at "
             f"{c['limit_ratio']:.2f}x the limit"
         )

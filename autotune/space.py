@@ -3,7 +3,7 @@
 A candidate is a flat, JSON-serializable dict of knob values::
 
     {"blocks.n": 2, "cut.n": "even", "order": "optimal", "cse": True,
-     "solver.S": "cholesky_split", "syrk": True, "mirror": True}
+     "solver.S": "cholesky_split", "syrk": True, "symprod": True, "mirror": True}
 
 (the target - backend and threads - is chosen next to it, see :mod:`autotune.targets`).
 A problem's ``[search]`` table narrows the ranges::
@@ -15,6 +15,7 @@ A problem's ``[search]`` table narrows the ranges::
     cse = [true, false]
     solver = { S = ["cholesky_split", "cholesky", "lu"] }
     syrk = [true, false]
+    symprod = [true, false]
     mirror = [true, false]
     backend = ["numba", "c"]
     threads = [1, 2]
@@ -51,6 +52,8 @@ KNOB_FAMILIES = {
     "cse": "share common subexpressions (true/false)",
     "solver": "kernel per inverted matrix (by definition name or inv1, inv2, ...)",
     "syrk": "compute X.T*X with the symmetric rank-k kernel (true/false)",
+    "symprod": "compute a product known to be symmetric (X*M*X.T) one triangle at a time "
+               "(true/false)",
     "mirror": "compute only the lower blocks of symmetric results and mirror them",
     "backend": "PyTensor backend: numba, c, jax, pytorch",
     "threads": "BLAS threads",
@@ -110,6 +113,7 @@ def knob_space(problem, dims: Mapping[str, int] | None = None) -> dict[str, list
     for label, facts in inverted_matrices(problem, fb).items():
         space[f"solver.{label}"] = solver_choices(facts)
     space["syrk"] = [True, False]
+    space["symprod"] = [True, False]
     space["mirror"] = [True, False]
     search = problem.search
     for key, allowed in _flatten_search(search, problem.origin).items():
@@ -212,7 +216,7 @@ def _check_value(key: str, value: Any, valid: list[Any]) -> None:
                 f"rank 0..{MAX_ORDER_RANK} (the r-th cheapest parenthesization)"
             )
         return
-    if family in ("cse", "syrk", "mirror"):
+    if family in ("cse", "syrk", "symprod", "mirror"):
         if not isinstance(value, bool):
             raise KnobError(f"{key} = {value!r}: must be true or false")
         return
@@ -236,13 +240,14 @@ def _check_value(key: str, value: Any, valid: list[Any]) -> None:
 
 def default_knobs(problem, dims: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The best-guess candidate: unblocked, FLOP-optimal order, shared subexpressions, the
-    best kernel for each inverted matrix."""
+    best kernel for each inverted matrix. ``symprod`` defaults to false: plans stored before
+    the knob existed must derive the computation they were measured with."""
     space = knob_space(_without_search(problem), dims)
     out: dict[str, Any] = {}
     for key, vals in space.items():
         family = key.partition(".")[0]
         defaults = {"blocks": 1, "cut": "even", "order": "optimal", "cse": True,
-                    "syrk": True, "mirror": True}
+                    "syrk": True, "symprod": False, "mirror": True}
         out[key] = defaults.get(family, vals[0])
     return out
 
@@ -278,7 +283,7 @@ def named_point(problem, name: str, dims: Mapping[str, int] | None = None) -> di
         for k in out:
             if k.startswith("solver."):
                 out[k] = "inverse"
-        out.update(order="left", cse=False, syrk=False, mirror=False)
+        out.update(order="left", cse=False, syrk=False, symprod=False, mirror=False)
         return out
     if name == "seed-2x2":
         out = named_point(problem, "naive", dims)
@@ -294,13 +299,13 @@ def named_point(problem, name: str, dims: Mapping[str, int] | None = None) -> di
 
 def flop_optimal(problem, dims: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The cost model's best among unblocked candidates with the optimal order: coordinate
-    descent over the kernel of each inverted matrix and the SYRK switch (each candidate is
-    derived and its FLOPs counted), from the default kernels."""
+    descent over the kernel of each inverted matrix and the SYRK and symmetric-product
+    switches (each candidate is derived and its FLOPs counted), from the default kernels."""
     from .derive import derive
 
     values = problem.resolve_dims(dims)
     space = knob_space(_without_search(problem), values)
-    keys = [k for k in space if k.startswith("solver.")] + ["syrk"]
+    keys = [k for k in space if k.startswith("solver.")] + ["syrk", "symprod"]
     best = default_knobs(problem, values)
     best_flops = derive(problem, best, values).flops(values)
     for _ in range(2):  # two sweeps reach a fixed point for the shipped problems

@@ -6,7 +6,9 @@ Sizes are small enough that ``asv run --python=same --quick`` finishes in a few 
 two cores. ``AUTOTUNE_BENCH_THREADS`` sets the BLAS thread count of every variant: ``1`` by
 default (regression tracking needs steady numbers more than peak speed: on small VMs a
 multi-threaded OpenBLAS call can stall 8-16 ms waking its threads), ``all`` for every usable
-core, or a number.
+core, or a number. ``AUTOTUNE_BENCH_HEAP`` sets the heap policy of the benchmark process
+(:mod:`autotune.memory`), the same for every variant: ``retain`` by default, as plans are
+tuned and loaded, or ``system``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from autotune.targets import configure_environment
 configure_environment()  # before numpy's OpenBLAS and PyTensor load
 
 import os  # noqa: E402
+
+from autotune.memory import set_heap_policy  # noqa: E402
+
+set_heap_policy(os.environ.get("AUTOTUNE_BENCH_HEAP", "retain").strip().lower())
+
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402

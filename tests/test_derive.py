@@ -70,11 +70,74 @@ def _ops(prog):
 
 def test_kalman_flop_counts():
     p = load_problem("kalman")
-    dims = {"n": 4000, "k": 2000}
-    best = derive(p, named_point(p, "flop-optimal", dims), dims).flops(dims)
+    n, k = 4000, 2000
+    dims = {"n": n, "k": k}
+    flop_optimal = named_point(p, "flop-optimal", dims)
+    best = derive(p, flop_optimal, dims).flops(dims)
+    general = derive(p, {**flop_optimal, "symprod": False}, dims).flops(dims)
     naive = derive(p, named_point(p, "naive", dims), dims).flops(dims)
-    assert abs(best - 147e9) / 147e9 < 0.10
+    # B = H*Sigma (2kn^2), S = R + B*H.T, chol(S) (k^3/3), W = inv(L)*B (k^2 n),
+    # Sigma - W.T*W (n^2 k); S as a full GEMM (2k^2 n) or one triangle (k^2 n)
+    common = 2 * k * n * n + k**3 / 3 + k * k * n + n * n * k
+    assert abs(best - (common + k * k * n)) / best < 0.01
+    assert abs(general - (common + 2 * k * k * n)) / general < 0.01
     assert 550e9 < naive < 650e9
+
+
+def test_symmetric_product_computes_one_triangle_and_takes_r():
+    p = load_problem("kalman")
+    dims = {"n": 400, "k": 200}
+    prog = derive(p, named_point(p, "flop-optimal", dims), dims)
+    steps = [prog.steps[i] for i in prog.live_steps()]
+    sym = [s for s in steps if s.op == "symprod"]
+    # S = R + H*(Sigma*H.T): one symmetric product with R as its C term, no separate add
+    assert len(sym) == 1 and len(sym[0].args) == 3
+    assert prog.steps[sym[0].args[2]].op == "input"
+    assert sym[0].attr("beta") == 1.0
+    assert prog.steps[sym[0].args[1]].op == "matmul"  # Sigma*H.T, shared with the outputs
+    off = derive(p, {**named_point(p, "flop-optimal", dims), "symprod": False}, dims)
+    assert "symprod" not in _ops(off)
+    assert "add" in _ops(off)
+
+
+_SUMS = """
+[dims]
+n = 12
+k = 5
+[inputs]
+A = {{ shape = ["n", "n"]{a_props} }}
+X = {{ shape = ["k", "n"] }}
+M = {{ shape = ["k", "k"], properties = ["symmetric"] }}
+[outputs]
+out = "A - X.T*X"
+sym = "X.T*M*X + A"
+"""
+
+
+@pytest.mark.parametrize("symmetric_a", [True, False])
+def test_symmetric_kernels_fuse_only_into_symmetric_sums(symmetric_a):
+    """syrk/symprod read one triangle of their C term: A joins them only when A is
+    symmetric; otherwise the sum stays an explicit add/sub. Both are exact either way."""
+    from autotune.spec import parse_problem
+
+    text = _SUMS.format(a_props=', properties = ["symmetric"]' if symmetric_a else "")
+    p = parse_problem(text, origin="sums.toml")
+    dims = p.resolve_dims({})
+    knobs = {**named_point(p, "flop-optimal", dims), "syrk": True, "symprod": True}
+    prog = derive(p, knobs, dims)
+    out = prog.steps[prog.outputs["out"]]
+    sym = prog.steps[prog.outputs["sym"]]
+    if symmetric_a:
+        assert out.op == "syrk" and len(out.args) == 2 and out.attr("alpha") == -1.0
+        assert sym.op == "symprod" and len(sym.args) == 3
+    else:
+        assert out.op == "sub" and sym.op == "add"
+        assert {prog.steps[a].op for a in sym.args} >= {"symprod"}
+    inst = random_instance(p, dims, seed=5)
+    ref = evaluate_reference(p, inst, dims)
+    _, res = _run(p, knobs, dims, inst)
+    for name, value in zip(p.outputs, res, strict=True):
+        assert relative_error(value, ref.outputs[name]) < 1e-12, name
 
 
 def test_structure_spd_uses_one_cholesky_and_no_inverse():

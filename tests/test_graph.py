@@ -68,9 +68,10 @@ def test_node_count_is_live_steps_without_transposes_plus_outputs(example_progra
     assert n_transposes > 0 and any(e.label == "T" for e in g.edges)
     assert "kalman" in g.title and "numba-t2" in g.title
     # kernel labels: op, shape, FLOPs at the plan's sizes
-    inv = next(n for n in g.nodes if n.label.startswith("inv"))
-    assert inv.label.split("\n")[1] in ("100×100", "50×50")  # blocks of S (k = 100)
-    assert inv.label.endswith("FLOP") and inv.gflop > 0
+    # the kernel applied to S (k = 100): its inverse or its Cholesky factor, whole or blocks
+    s_node = next(n for n in g.nodes if n.label.startswith(("inv", "cholesky")))
+    assert s_node.label.split("\n")[1] in ("100×100", "50×50")
+    assert s_node.label.endswith("FLOP") and s_node.gflop > 0
 
 
 def test_layout_levels_follow_the_data_flow():

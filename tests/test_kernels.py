@@ -1,4 +1,5 @@
-"""Tests of autotune.kernels: the SymRankK (BLAS syrk) Op on every PyTensor backend."""
+"""Tests of autotune.kernels: the SymRankK (BLAS syrk) and SymProduct (one-triangle GEMM) Ops on
+every PyTensor backend."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ import pytensor.tensor as pt
 import pytest
 
 import autotune.kernels
-from autotune.kernels import SymRankK, mirror_lower_to_upper, sym_rank_k
+from autotune.kernels import (
+    SymProduct,
+    SymRankK,
+    mirror_lower_to_upper,
+    sym_product,
+    sym_product_blocks,
+    sym_rank_k,
+)
 
 # (k, n): k > n, k < n, square, tiny, single row / column, empty.
 SHAPES = [(7, 4), (3, 5), (6, 6), (1, 1), (1, 5), (5, 1), (40, 25), (0, 3), (3, 0)]
@@ -297,6 +305,421 @@ def test_pytorch(dtype, rng):
     np.testing.assert_allclose(out2, _reference(av), **_tol(dtype))
 
 
+# --------------------------------------------------------------------------------------------
+# SymProduct
+# --------------------------------------------------------------------------------------------
+
+# (k, n): k > n, k < n, square, tiny, single row / column, empty, k not divisible by the blocks.
+SP_SHAPES = [(7, 5), (5, 7), (6, 6), (1, 1), (1, 4), (4, 1), (40, 25), (13, 3), (0, 3), (3, 0)]
+# None: the default rule; 16 > k for every shape above (clipped to k blocks of one row).
+SP_BLOCKS = [None, 1, 2, 3, 5, 16]
+
+
+def _sym_pair(rng, k, n, dtype):
+    """``(a, b)`` with ``a @ b`` symmetric by construction: ``a = X``, ``b = M @ X.T``, M symmetric.
+
+    Built in float64 and cast, so in float32 ``a @ b`` is symmetric up to rounding only."""
+    x = rng.standard_normal((k, n))
+    g = rng.standard_normal((n, n))
+    m = (g + g.T) / (2.0 * np.sqrt(max(n, 1)))
+    return x.astype(dtype), (m @ x.T).astype(dtype)
+
+
+def _sp_reference(a, b, c=None, alpha=1.0, beta=0.0):
+    """Independent float64 reference ``alpha * a @ b + beta * c`` (every entry computed)."""
+    out = alpha * (np.asarray(a, dtype=np.float64) @ np.asarray(b, dtype=np.float64))
+    if c is not None:
+        out = out + beta * np.asarray(c, dtype=np.float64)
+    return out
+
+
+def _lower_mirrored(x):
+    return np.tril(x) + np.tril(x, -1).T
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sym_product_against_numpy(mode, dtype, rng):
+    a = pt.matrix("a", dtype=dtype)
+    b = pt.matrix("b", dtype=dtype)
+    c = pt.matrix("c", dtype=dtype)
+    outs = []
+    for nb in SP_BLOCKS:
+        outs += [
+            sym_product(a, b, blocks=nb),
+            sym_product(a, b, c, alpha=ALPHA, beta=BETA, blocks=nb),
+        ]
+    outs += [sym_product(a, b, alpha=ALPHA), sym_product(a, b, c, beta=1.0)]
+    f = pytensor.function([a, b, c], outs, mode=mode)
+    for k, n in SP_SHAPES:
+        av, bv = _sym_pair(rng, k, n, dtype)
+        cv = _sym(rng, k, dtype)
+        inputs_before = [x.copy() for x in (av, bv, cv)]
+        results = f(av, bv, cv)
+        refs = []
+        for _ in SP_BLOCKS:
+            refs += [_sp_reference(av, bv), _sp_reference(av, bv, cv, ALPHA, BETA)]
+        refs += [_sp_reference(av, bv, alpha=ALPHA), _sp_reference(av, bv, cv, 1.0, 1.0)]
+        for i, (out, ref) in enumerate(zip(results, refs, strict=True)):
+            try:
+                _check(out, ref, dtype)
+            except AssertionError as err:
+                raise AssertionError(f"(k, n) = {(k, n)}, output {i}: {err}") from None
+        for x, before in zip((av, bv, cv), inputs_before, strict=True):
+            np.testing.assert_array_equal(x, before)  # inputs are not overwritten
+
+
+def _embed(shape, like, order="C"):
+    return np.full(shape, np.nan, dtype=like.dtype, order=order)
+
+
+def _layout_rows(x):  # rows contiguous, leading dimension 2 * q
+    base = _embed((x.shape[0], 2 * x.shape[1] + 1), x)
+    base[:, 1 : x.shape[1] + 1] = x
+    return base[:, 1 : x.shape[1] + 1]
+
+
+def _layout_strided_rows(x):  # every other row: rows contiguous, leading dimension 2 * q
+    base = _embed((2 * x.shape[0], x.shape[1]), x)
+    base[::2] = x
+    return base[::2]
+
+
+def _layout_cols_ld(x):  # columns contiguous with a leading dimension larger than p
+    base = _embed((x.shape[0] + 3, x.shape[1] + 2), x, order="F")
+    base[2 : x.shape[0] + 2, 1 : x.shape[1] + 1] = x
+    return base[2 : x.shape[0] + 2, 1 : x.shape[1] + 1]
+
+
+def _layout_strided_cols(x):  # neither rows nor columns contiguous: BLAS needs a copy
+    base = _embed((x.shape[0], 2 * x.shape[1]), x)
+    base[:, ::2] = x
+    return base[:, ::2]
+
+
+def _layout_reversed(x):  # negative strides: BLAS needs a copy
+    return np.ascontiguousarray(x[::-1, ::-1])[::-1, ::-1]
+
+
+# Array layouts with the same values: how each reaches BLAS is in the comments of the helpers.
+LAYOUTS = {
+    "C": np.ascontiguousarray,
+    "F": np.asfortranarray,
+    "transposed_F": lambda x: np.ascontiguousarray(x.T).T,  # F-contiguous view
+    "transposed_C": lambda x: np.asfortranarray(x.T).T,  # C-contiguous view
+    "rows_ld": _layout_rows,
+    "strided_rows": _layout_strided_rows,
+    "cols_ld": _layout_cols_ld,
+    "strided_cols": _layout_strided_cols,
+    "reversed": _layout_reversed,
+}
+LAYOUT_PAIRS = sorted({(name, "C") for name in LAYOUTS} | {("C", name) for name in LAYOUTS})
+LAYOUT_PAIRS += [(name, name) for name in LAYOUTS if name != "C"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sym_product_input_layouts(mode, rng):
+    """C-/F-ordered, transposed, sliced and reversed arrays passed straight in as `a`, `b`, `c`;
+    NaN around every slice: only the view itself may be read."""
+    a = pt.matrix("a")
+    b = pt.matrix("b")
+    c = pt.matrix("c")
+    outs = [
+        sym_product(a, b, blocks=3),
+        sym_product(a, b, c, alpha=ALPHA, beta=BETA, blocks=2),
+        sym_product(a, b, c, alpha=ALPHA, beta=BETA, blocks=1),
+    ]
+    f = pytensor.function([a, b, c], outs, mode=mode)
+    for k, n in [(7, 5), (5, 8)]:
+        av, bv = _sym_pair(rng, k, n, "float64")
+        cv = _sym(rng, k, "float64")
+        refs = [
+            _sp_reference(av, bv),
+            _sp_reference(av, bv, cv, ALPHA, BETA),
+            _sp_reference(av, bv, cv, ALPHA, BETA),
+        ]
+        for la, lb in LAYOUT_PAIRS:
+            a_in, b_in, c_in = LAYOUTS[la](av), LAYOUTS[lb](bv), LAYOUTS[la](cv)
+            assert np.array_equal(a_in, av) and np.array_equal(b_in, bv)
+            for i, (out, ref) in enumerate(zip(f(a_in, b_in, c_in), refs, strict=True)):
+                err_msg = f"(k, n) = {(k, n)}, layouts a={la}, b={lb}, output {i}"
+                np.testing.assert_allclose(out, ref, **_tol("float64"), err_msg=err_msg)
+                assert np.array_equal(out, out.T), err_msg
+
+
+# Views built in the graph (Subtensor / transpose): (base array from the value, the view).
+GRAPH_VIEWS = {
+    "transposed": (lambda x: np.ascontiguousarray(x.T), lambda t: t.T),
+    "rows": (lambda x: np.repeat(x, 2, axis=0), lambda t: t[::2]),
+    "cols": (lambda x: np.repeat(x, 2, axis=1), lambda t: t[:, ::2]),
+    "sub": (lambda x: np.pad(x, ((1, 2), (2, 3))), lambda t: t[1:-2, 2:-3]),
+    "transposed_sub": (lambda x: np.pad(x.T, ((2, 1), (1, 1))), lambda t: t[2:-1, 1:-1].T),
+    "reversed": (lambda x: np.ascontiguousarray(x[::-1, ::-1]), lambda t: t[::-1, ::-1]),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sym_product_graph_views(mode, rng):
+    """`a` and `b` are views built in the graph, so the Op sees strided / transposed arrays."""
+    k, n = 9, 6
+    av, bv = _sym_pair(rng, k, n, "float64")
+    cv = _sym(rng, k, "float64")
+    c = pt.matrix("c")
+    xs = {name: (pt.matrix(f"x_{name}"), pt.matrix(f"y_{name}")) for name in GRAPH_VIEWS}
+    outs = [
+        sym_product(view(x), view(y), c, alpha=ALPHA, beta=BETA, blocks=2)
+        for (x, y), (_, view) in zip(xs.values(), GRAPH_VIEWS.values(), strict=True)
+    ]
+    f = pytensor.function([c, *(v for pair in xs.values() for v in pair)], outs, mode=mode)
+    values = [v for base, _ in GRAPH_VIEWS.values() for v in (base(av), base(bv))]
+    ref = _sp_reference(av, bv, cv, ALPHA, BETA)
+    for name, out in zip(GRAPH_VIEWS, f(cv, *values), strict=True):
+        np.testing.assert_allclose(out, ref, **_tol("float64"), err_msg=name)
+        assert np.array_equal(out, out.T), name
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sym_product_computes_lower_triangle(mode, dtype, rng):
+    """With a non-symmetric `a @ b` the result is its lower triangle mirrored: the blocks cover
+    exactly the lower triangle, and the mirror copies it up (not the other way round)."""
+    a = pt.matrix("a", dtype=dtype)
+    b = pt.matrix("b", dtype=dtype)
+    c = pt.matrix("c", dtype=dtype)
+    blocks = [None, 1, 2, 3, 4, 7]
+    outs = [sym_product(a, b, c, alpha=ALPHA, beta=BETA, blocks=nb) for nb in blocks]
+    f = pytensor.function([a, b, c], outs, mode=mode)
+    for k, n in [(11, 6), (4, 9), (1, 3)]:
+        av, bv = _rand(rng, (k, n), dtype), _rand(rng, (n, k), dtype)
+        cv = _rand(rng, (k, k), dtype)  # not symmetric either: its lower triangle is used
+        ref = _lower_mirrored(_sp_reference(av, bv, cv, ALPHA, BETA))
+        for layout in ("C", "F", "strided_cols"):
+            args = [LAYOUTS[layout](x) for x in (av, bv, cv)]
+            for nb, out in zip(blocks, f(*args), strict=True):
+                err_msg = f"(k, n) = {(k, n)}, layout {layout}, blocks={nb}"
+                np.testing.assert_allclose(out, ref, **_tol(dtype), err_msg=err_msg)
+                assert np.array_equal(out, out.T), err_msg
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sym_product_reads_only_lower_triangle_of_c(mode, rng):
+    a = pt.matrix("a")
+    b = pt.matrix("b")
+    c = pt.matrix("c")
+    outs = [sym_product(a, b, c, alpha=ALPHA, beta=BETA, blocks=nb) for nb in (None, 1, 3)]
+    f = pytensor.function([a, b, c], outs, mode=mode)
+    av, bv = _sym_pair(rng, 8, 5, "float64")
+    lower = np.tril(rng.standard_normal((8, 8)))
+    ref = _sp_reference(av, bv, _lower_mirrored(lower), ALPHA, BETA)
+    for cv in (lower.copy(), np.asfortranarray(lower), _layout_strided_cols(lower)):
+        cv[np.triu_indices(8, 1)] = np.nan
+        for out in f(av, bv, cv):
+            _check(out, ref, "float64")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sym_product_zero_alpha_beta(mode, rng):
+    a = pt.matrix("a")
+    b = pt.matrix("b")
+    c = pt.matrix("c")
+    outs = [
+        sym_product(a, b, c, alpha=2.0, beta=0.0, blocks=2),  # c not referenced
+        sym_product(a, b, c, alpha=0.0, beta=2.0, blocks=2),  # a and b not referenced
+        sym_product(a, b, alpha=0.0),
+    ]
+    f = pytensor.function([a, b, c], outs, mode=mode)
+    av, bv = _sym_pair(rng, 5, 3, "float64")
+    cv = _sym(rng, 5, "float64")
+    nan5 = np.full((5, 5), np.nan)
+    out1, _, _ = f(av, bv, nan5)
+    _check(out1, _sp_reference(av, bv, alpha=2.0), "float64")
+    _, out2, out3 = f(np.full((5, 3), np.nan), np.full((3, 5), np.nan), cv)
+    _check(out2, 2.0 * cv, "float64")
+    _check(out3, np.zeros((5, 5)), "float64")
+
+
+def test_sym_product_large_output(rng):
+    """Outputs of 4 MiB and more are allocated by NumPy in the numba kernel; default blocks."""
+    dtypes = ("float64", "float32")
+    k = 1100
+    assert sym_product_blocks(k) > 1
+    a = {dt: pt.matrix(f"a_{dt}", dtype=dt) for dt in dtypes}
+    b = {dt: pt.matrix(f"b_{dt}", dtype=dt) for dt in dtypes}
+    c = {dt: pt.matrix(f"c_{dt}", dtype=dt) for dt in dtypes}
+    outs = [sym_product(a[dt], b[dt], c[dt], alpha=ALPHA, beta=BETA) for dt in dtypes]
+    f = pytensor.function([*a.values(), *b.values(), *c.values()], outs, mode="NUMBA")
+    pairs = {dt: _sym_pair(rng, k, 4, dt) for dt in dtypes}
+    cv = {dt: _sym(rng, k, dt) for dt in dtypes}
+    args = [pairs[dt][0] for dt in dtypes] + [pairs[dt][1] for dt in dtypes] + list(cv.values())
+    for dt, out in zip(dtypes, f(*args), strict=True):
+        _check(out, _sp_reference(*pairs[dt], cv[dt], ALPHA, BETA), dt)
+        assert out.flags.c_contiguous and out.flags.writeable
+
+
+def test_sym_product_blocks_rule():
+    assert sym_product_blocks(0) == 1
+    assert sym_product_blocks(1) == 1
+    counts = [sym_product_blocks(k) for k in range(0, 20001, 50)]
+    assert all(1 <= nb <= 8 for nb in counts)
+    assert counts == sorted(counts)  # more rows never means fewer blocks
+    assert sym_product_blocks(2000) > 1  # the Kalman filter's size (see benchmarks/)
+
+
+def test_sym_product_blocks_rule_same_in_numba():
+    import numba
+
+    from autotune.kernels import _n_blocks, _numba_n_blocks
+
+    n_blocks = numba.njit(lambda blocks, k: _numba_n_blocks(blocks, k))
+    for k in [0, 1, 2, 5, 127, 128, 255, 256, 500, 1000, 1023, 1024, 2000, 5000]:
+        assert n_blocks(0, k) == _n_blocks(None, k), k  # 0: the default rule in numba
+        for nb in (1, 3, 8, 100):
+            assert n_blocks(nb, k) == _n_blocks(nb, k), (k, nb)
+
+
+def test_sym_product_numba_dispatch_registered():
+    from pytensor.link.numba.dispatch.basic import numba_funcify, numba_funcify_and_cache_key
+
+    assert numba_funcify.dispatch(SymProduct) is not numba_funcify.dispatch(object)
+    a = pt.matrix("a")
+    node = sym_product(a, a.T, a @ a.T, beta=2.0, blocks=3).owner
+    _, key = numba_funcify_and_cache_key(node.op, node=node)
+    assert key is not None  # cacheable on disk by PyTensor's numba cache
+    other = sym_product(a, a.T, a @ a.T, beta=2.0, blocks=4).owner
+    assert numba_funcify_and_cache_key(other.op, node=other)[1] != key
+
+
+def test_sym_product_cvm_linker(rng):
+    """The C linker (no C code for this Op) also runs `perform`."""
+    a = pt.matrix("a")
+    b = pt.matrix("b")
+    c = pt.matrix("c")
+    f = pytensor.function(
+        [a, b, c], sym_product(a, b, c, alpha=ALPHA, beta=BETA, blocks=2), mode="CVM"
+    )
+    av, bv = _sym_pair(rng, 6, 4, "float64")
+    cv = _sym(rng, 6, "float64")
+    _check(f(av, bv, cv), _sp_reference(av, bv, cv, ALPHA, BETA), "float64")
+
+
+def test_sym_product_static_shapes_and_dtypes():
+    out = sym_product(pt.tensor("a", shape=(3, 5), dtype="float32"), pt.matrix(dtype="float32"))
+    assert out.type.shape == (3, 3) and out.type.dtype == "float32"
+    out = sym_product(pt.matrix("a"), pt.tensor("b", shape=(None, 4)))
+    assert out.type.shape == (4, 4)
+    out = sym_product(pt.matrix("a"), pt.matrix("b"), pt.tensor("c", shape=(None, 6)), beta=1.0)
+    assert out.type.shape == (6, 6)
+    assert sym_product(pt.matrix("a"), pt.matrix("b")).type.shape == (None, None)
+    # dtype promotion by the helper: float32 with float64 -> float64; ints -> float
+    f32, f64 = pt.matrix(dtype="float32"), pt.matrix(dtype="float64")
+    assert sym_product(f32, f64).type.dtype == "float64"
+    assert sym_product(f32, f32, f64).type.dtype == "float64"
+    assert sym_product(f32, f32, f32).type.dtype == "float32"
+    assert sym_product(pt.matrix(dtype="int8"), pt.matrix(dtype="int8")).type.dtype == "float32"
+    assert sym_product(pt.matrix(dtype="int64"), f32).type.dtype == "float64"
+
+
+def test_sym_product_infer_shape_does_not_compute():
+    a = pt.matrix("a")
+    b = pt.matrix("b")
+    f = pytensor.function([a, b], sym_product(a, b).shape, mode="NUMBA")
+    assert not any(isinstance(n.op, SymProduct) for n in f.maker.fgraph.toposort())
+    assert tuple(f(np.zeros((7, 2)), np.zeros((2, 7)))) == (7, 7)
+
+
+def test_sym_product_invalid_inputs():
+    m, v = pt.matrix, pt.vector
+    with pytest.raises(TypeError, match="`a` must be a matrix"):
+        sym_product(v("a"), m("b"))
+    with pytest.raises(TypeError, match="`b` must be a matrix"):
+        sym_product(m("a"), v("b"))
+    with pytest.raises(TypeError, match="`c` must be a matrix"):
+        sym_product(m("a"), m("b"), v("c"), beta=1.0)
+    with pytest.raises(TypeError, match="complex"):
+        sym_product(m("a", dtype="complex128"), m("b"))
+    with pytest.raises(TypeError, match="dtype"):
+        SymProduct()(m(dtype="float32"), m(dtype="float64"))
+    with pytest.raises(TypeError, match="dtype"):
+        SymProduct(beta=1.0, has_c=True)(m(), m(), m(dtype="float32"))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        SymProduct()(m(dtype="int64"), m(dtype="int64"))
+    with pytest.raises(TypeError, match="needs the input `c`"):
+        SymProduct(has_c=True)(m(), m())
+    with pytest.raises(TypeError, match="takes no input `c`"):
+        SymProduct()(m(), m(), m())
+    shape = pt.tensor
+    with pytest.raises(ValueError, match="static shapes"):  # inner dimensions differ
+        sym_product(shape(shape=(2, 3)), shape(shape=(4, 2)))
+    with pytest.raises(ValueError, match="static shapes"):  # b is (n, k') with k' != k
+        sym_product(shape(shape=(2, 3)), shape(shape=(3, 5)))
+    with pytest.raises(ValueError, match="static shapes"):
+        sym_product(shape(shape=(2, 3)), m(), shape(shape=(2, 4)), beta=1.0)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="blocks"):
+            sym_product(m(), m(), blocks=bad)
+    for bad in (1.5, True, "2"):
+        with pytest.raises(TypeError, match="blocks"):
+            sym_product(m(), m(), blocks=bad)
+    with pytest.raises(ValueError, match="finite"):
+        SymProduct(alpha=float("inf"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sym_product_runtime_shape_mismatch(mode):
+    a = pt.matrix("a")
+    b = pt.matrix("b")
+    c = pt.matrix("c")
+    f = pytensor.function([a, b], sym_product(a, b), mode=mode)
+    for bv in (np.ones((4, 2)), np.ones((3, 3)), np.ones((2, 3))):
+        with pytest.raises(ValueError):
+            f(np.ones((2, 3)), bv)
+    g = pytensor.function([a, b, c], sym_product(a, b, c, beta=1.0), mode=mode)
+    with pytest.raises(ValueError):
+        g(np.ones((2, 3)), np.ones((3, 2)), np.ones((3, 3)))
+
+
+def test_sym_product_props_and_str():
+    assert SymProduct(2.0, 1.0, True, 3) == SymProduct(alpha=2, beta=1, has_c=True, blocks=3)
+    assert hash(SymProduct(2.0)) == hash(SymProduct(2.0, beta=5.0))  # beta ignored without c
+    assert SymProduct(2.0) != SymProduct(3.0)
+    assert SymProduct(blocks=2) != SymProduct(blocks=3) != SymProduct()
+    assert SymProduct(blocks=np.int64(2)).blocks == 2
+    assert str(SymProduct(2.0, 0.5, True)) == "SymProduct{2.0 * a @ b + 0.5 * c}"
+    assert str(SymProduct(blocks=4)) == "SymProduct{1.0 * a @ b, blocks=4}"
+
+
+def test_sym_product_grad_not_implemented():
+    a = pt.matrix("a")
+    with pytest.raises(Exception, match="SymProduct"):
+        pytensor.grad(sym_product(a, a.T).sum(), a)
+
+
+@pytest.mark.parametrize("backend", ["JAX", "PYTORCH"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sym_product_jax_pytorch(backend, dtype, rng):
+    pytest.importorskip({"JAX": "jax", "PYTORCH": "torch"}[backend])
+    a = pt.matrix("a", dtype=dtype)
+    b = pt.matrix("b", dtype=dtype)
+    c = pt.matrix("c", dtype=dtype)
+    outs = [
+        sym_product(a, b, c, alpha=ALPHA, beta=BETA),
+        sym_product(a, b, c, alpha=ALPHA, beta=0.0),
+        sym_product(a, b, blocks=2),
+    ]
+    f = pytensor.function([a, b, c], outs, mode=backend)
+    av, bv = _sym_pair(rng, 7, 4, dtype)
+    cv = _sym(rng, 7, dtype)
+    refs = [
+        _sp_reference(av, bv, cv, ALPHA, BETA),
+        _sp_reference(av, bv, alpha=ALPHA),
+        _sp_reference(av, bv),
+    ]
+    for out, ref in zip(f(av, bv, cv), refs, strict=True):
+        out = np.asarray(out)
+        assert out.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(out, ref, **_tol(dtype))
+
+
 def _run_python(code):
     root = Path(autotune.kernels.__file__).resolve().parents[1]
     env = dict(
@@ -325,7 +748,7 @@ def test_import_does_not_load_jax_or_torch():
 def test_backend_registration_either_import_order(backend, dispatcher, funcify):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
-    check = f"assert k.SymRankK in d.{funcify}.registry\n"
+    check = "".join(f"assert k.{op} in d.{funcify}.registry\n" for op in ("SymRankK", "SymProduct"))
     # dispatcher first: registered at import of autotune.kernels
     _run_python(f"import {dispatcher} as d\nimport autotune.kernels as k\n{check}")
     # autotune.kernels first: registered by the post-import hook
