@@ -169,15 +169,17 @@ def show(plan: Path, as_json: bool, graph: Path | None) -> None:
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64")
 @click.option("--storage", default=None)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"))
+@click.option("--heap", type=click.Choice(["retain", "system"]), default="retain",
+              show_default=True, help="The heap policy the study was measured under.")
 def report(problem_name: str, n: int | None, dim: tuple[str, ...], dtype: str,
-           storage: str | None, out: Path) -> None:
+           storage: str | None, out: Path, heap: str) -> None:
     """Save the study's trials as a CSV table and plot its history and parameter importance."""
     from .runner import write_report
     from .spec import load_problem
 
     problem = load_problem(problem_name)
     dims = _parse_dims(n, dim, problem)
-    for path in write_report(problem, dims, dtype, storage, out):
+    for path in write_report(problem, dims, dtype, storage, out, heap):
         click.echo(f"wrote {path}")
 
 

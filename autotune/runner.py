@@ -152,7 +152,7 @@ def run_tuning(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
                 proc.join()
     plan = build_plan(problem, dims, config, result)
     path = save_plan(plan, config.out)
-    _write_trials(config, study_name(problem, dims, config.dtype), result.storage)
+    _write_trials(config, result.study_name, result.storage)
     _print_summary(plan, path, console)
     return path
 
@@ -232,7 +232,7 @@ def describe_plan(plan: Plan) -> None:
 
 
 def write_report(problem: Problem, dims: Mapping[str, int], dtype: str, storage: str | None,
-                 out: Path) -> list[Path]:
+                 out: Path, heap: str = "retain") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,7 +243,7 @@ def write_report(problem: Problem, dims: Mapping[str, int], dtype: str, storage:
     from .errors import AutotuneError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = study_name(problem, dims, dtype)
+    name = study_name(problem, dims, dtype, heap)
     storage = storage or f"sqlite:///{(out / 'autotune.db').resolve()}"
     try:
         study = optuna.load_study(study_name=name, storage=storage)

@@ -82,9 +82,13 @@ class SearchResult:
     dgemm_flops: float = 0.0
 
 
-def study_name(problem: Problem, dims: Mapping[str, int], dtype: str) -> str:
+def study_name(problem: Problem, dims: Mapping[str, int], dtype: str,
+               heap: str = "system") -> str:
+    """The study of one problem text, sizes, dtype and heap policy: trials measured under
+    another heap policy are another measurement environment, so they are another study."""
     sizes = "-".join(f"{k}{v}" for k, v in sorted(dims.items()))
-    return f"{problem.name}-{problem.sha256[:10]}-{sizes}-{dtype}"
+    suffix = "" if heap == "system" else f"-{heap}"
+    return f"{problem.name}-{problem.sha256[:10]}-{sizes}-{dtype}{suffix}"
 
 
 def space_for(problem: Problem, dims: Mapping[str, int], targets: Sequence[str]) -> dict:
@@ -123,7 +127,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dims = dict(dims)
     space = space_for(problem, dims, config.targets)
-    name = study_name(problem, dims, config.dtype)
+    name = study_name(problem, dims, config.dtype, config.heap)
     storage = config.storage or f"sqlite:///{(config.out / 'autotune.db').resolve()}"
     config.out.mkdir(parents=True, exist_ok=True)
     total = _space_size(space)
@@ -208,8 +212,8 @@ def tune(
             "no candidate finished successfully; see the trials table (autotune report) for "
             "the reasons"
         )
-    final, baselines = _final_round(problem, dims, entries, baselines_knobs, default_target,
-                                    config, measure, interrupted)
+    final, baselines, interrupted = _final_round(problem, dims, entries, baselines_knobs,
+                                                 default_target, config, measure, interrupted)
     best_key = min(
         (k for k in final if entries[k].measurement.ok),
         key=lambda k: statistics.median(final[k]) if final[k] else math.inf,
@@ -238,7 +242,7 @@ def prepare_study(problem: Problem, dims: Mapping[str, int], config: SearchConfi
     import optuna
 
     space = space or space_for(problem, dims, config.targets)
-    name = name or study_name(problem, dims, config.dtype)
+    name = name or study_name(problem, dims, config.dtype, config.heap)
     storage = storage or config.storage or f"sqlite:///{(config.out / 'autotune.db').resolve()}"
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
                                 direction="minimize", load_if_exists=True)
@@ -329,6 +333,19 @@ def _final_round(problem, dims, entries, baselines_knobs, default_target, config
     repeats = 1 if interrupted else config.final_round_repeats
     one = TimingPolicy(warmup=0, min_repeats=1, max_repeats=1)
     src = (problem.source, problem.origin)
+    try:
+        _interleave(contenders, samples, entries, baselines, repeats, one, src, dims, config,
+                    measure)
+    except KeyboardInterrupt:  # Ctrl-C in the final round: decide on what was timed
+        interrupted = True
+    for k, e in contenders.items():
+        if not samples[k] and e.measurement.ok:  # never re-timed: its search samples
+            samples[k] = list(e.measurement.samples)
+    return samples, baselines, interrupted
+
+
+def _interleave(contenders, samples, entries, baselines, repeats, one, src, dims, config,
+                measure) -> None:
     for r in range(repeats):
         for k, e in contenders.items():
             policy = TimingPolicy(warmup=1, min_repeats=1, max_repeats=1) if r == 0 else one
@@ -344,4 +361,3 @@ def _final_round(problem, dims, entries, baselines_knobs, default_target, config
                 entries[k] = contenders[k] = Entry(e.knobs, e.target, m, e.name)
                 if e.name:
                     baselines[e.name] = entries[k]
-    return samples, baselines

@@ -118,19 +118,30 @@ def _measured(trials):
     return [t for t in trials if t.user_attrs.get("status") != "duplicate"]
 
 
-def test_interrupt_still_returns_best(tmp_path):
+@pytest.mark.parametrize("phase", ["search", "final round"])
+def test_interrupt_still_returns_best(tmp_path, phase):
+    """Ctrl-C during the search or during the final round: the best measured so far."""
     p = kalman()
-    calls = {"n": 0}
+    calls = {"n": 0, "final": 0}
 
     def interrupting(job, timeout):
         calls["n"] += 1
-        if calls["n"] == 5:
+        final = job.policy.max_repeats == 1
+        calls["final"] += final
+        if (phase == "search" and calls["n"] == 3) or (phase != "search" and
+                                                       calls["final"] == 2):
             raise KeyboardInterrupt
         return fake_measure(job, timeout)
 
     result = tune(p, DIMS, _config(tmp_path), interrupting)
     assert result.interrupted
     assert result.best.measurement.ok
+    # every measured contender kept samples: re-timed ones or, after the interrupt, its
+    # search ones (a baseline first timed in an interrupted final round may have none)
+    assert all(result.final[k] for k in result.final if result.entries[k].measurement.samples)
+    fastest = min((e for e in result.entries.values() if e.measurement.ok),
+                  key=lambda e: e.measurement.median)
+    assert result.best.measurement.median == fastest.measurement.median
 
 
 def test_exhaustive_for_small_spaces(tmp_path):
@@ -151,6 +162,7 @@ cut = { n = ["even"] }
 order = ["optimal"]
 cse = [true]
 syrk = [true]
+symprod = [false]
 mirror = [true]
 """,
         origin="small.toml",
@@ -203,7 +215,8 @@ def _two_workers(storage: str, out: Path) -> list:
         proc.join(120)
         assert proc.exitcode == 0
     p = kalman()
-    study = optuna.load_study(study_name=study_name(p, DIMS, "float64"), storage=storage)
+    study = optuna.load_study(study_name=study_name(p, DIMS, "float64", "retain"),
+                              storage=storage)
     return study.trials
 
 
@@ -277,3 +290,12 @@ def test_two_workers_share_one_postgresql_study(postgres_url, tmp_path):
     assert all(t.state.name in ("COMPLETE", "FAIL", "PRUNED") for t in trials)
     assert any(math.isfinite(t.value) for t in trials if t.value is not None)
     _ = time
+
+
+def test_study_is_per_heap_policy():
+    """Trials measured under another heap policy are another environment: another study."""
+    p = kalman()
+    names = {study_name(p, DIMS, "float64", h) for h in ("retain", "system")}
+    assert len(names) == 2
+    assert study_name(p, DIMS, "float64") == study_name(p, DIMS, "float64", "system")
+    assert SearchConfig().heap == "retain"
