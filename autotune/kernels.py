@@ -485,41 +485,38 @@ def _val_to_ptr(typingctx, val):
     return types.CPointer(val)(val), codegen
 
 
-@functools.cache
-def _numba_xsyrk(dtype: str):
-    """An njit function calling ``scipy.linalg.cython_blas.{s,d}syrk`` (Fortran argument list).
+def _blas_routine(routine: str, dtype: str, args: str):
+    """``(getter, function type, unique name)`` of ``scipy.linalg.cython_blas.<routine>``
+    for ``_call_cached_ptr``; ``args`` spells the Fortran argument list, one letter per
+    argument: ``c`` char*, ``i`` int*, ``f`` float* of ``dtype``.
 
     Like PyTensor's ``_LAPACK`` helpers, the function pointer is fetched in object mode on the
     first call and kept in a module global by ``_call_cached_ptr``, so the compiled code holds no
     process-specific address and can be cached on disk by numba. (``_call_cached_ptr`` is a
     private PyTensor helper, present in PyTensor 3.0.x.)
     """
-    name = _BLAS_PREFIX[dtype] + "syrk"
-    float_p = types.CPointer(numba.from_dtype(np.dtype(dtype)))
-    char_p = types.CPointer(types.int8)
-    int_p = types.CPointer(types.int32)
-    unique_name = f"autotune.scipy.blas.{name}"
+    name = _BLAS_PREFIX[dtype] + routine
+    pointer = {
+        "c": types.CPointer(types.int8),
+        "i": types.CPointer(types.int32),
+        "f": types.CPointer(numba.from_dtype(np.dtype(dtype))),
+    }
 
     @numba_basic.numba_njit
-    def get_syrk_pointer():
+    def get_pointer():
         with numba.objmode(ptr=types.intp):
             ptr = get_cython_function_address("scipy.linalg.cython_blas", name)
         return ptr
 
-    syrk_type = types.FunctionType(
-        types.void(
-            char_p,  # UPLO
-            char_p,  # TRANS
-            int_p,  # N
-            int_p,  # K
-            float_p,  # ALPHA
-            float_p,  # A
-            int_p,  # LDA
-            float_p,  # BETA
-            float_p,  # C
-            int_p,  # LDC
-        )
-    )
+    fn_type = types.FunctionType(types.void(*(pointer[a] for a in args)))
+    return get_pointer, fn_type, f"autotune.scipy.blas.{name}"
+
+
+@functools.cache
+def _numba_xsyrk(dtype: str):
+    """An njit function calling ``{s,d}syrk`` (Fortran argument list), see :func:`_blas_routine`."""
+    # UPLO TRANS N K ALPHA A LDA BETA C LDC
+    get_syrk_pointer, syrk_type, unique_name = _blas_routine("syrk", dtype, "cciiffiffi")
 
     @numba_basic.numba_njit
     def xsyrk(UPLO, TRANS, N, K, ALPHA, A, LDA, BETA, C, LDC):
@@ -665,42 +662,15 @@ def numba_funcify_SymRankK(op, node, **kwargs):
             _syrk_full(a, out, alpha, 0.0)
             return out
 
-    cache_version = 3
+    cache_version = 4
     return sym_rank_k_numba, cache_version
 
 
 @functools.cache
 def _numba_xgemm(dtype: str):
-    """An njit function calling ``scipy.linalg.cython_blas.{s,d}gemm`` (as ``_numba_xsyrk``)."""
-    name = _BLAS_PREFIX[dtype] + "gemm"
-    float_p = types.CPointer(numba.from_dtype(np.dtype(dtype)))
-    char_p = types.CPointer(types.int8)
-    int_p = types.CPointer(types.int32)
-    unique_name = f"autotune.scipy.blas.{name}"
-
-    @numba_basic.numba_njit
-    def get_gemm_pointer():
-        with numba.objmode(ptr=types.intp):
-            ptr = get_cython_function_address("scipy.linalg.cython_blas", name)
-        return ptr
-
-    gemm_type = types.FunctionType(
-        types.void(
-            char_p,  # TRANSA
-            char_p,  # TRANSB
-            int_p,  # M
-            int_p,  # N
-            int_p,  # K
-            float_p,  # ALPHA
-            float_p,  # A
-            int_p,  # LDA
-            float_p,  # B
-            int_p,  # LDB
-            float_p,  # BETA
-            float_p,  # C
-            int_p,  # LDC
-        )
-    )
+    """An njit function calling ``{s,d}gemm`` (Fortran argument list), see :func:`_blas_routine`."""
+    # TRANSA TRANSB M N K ALPHA A LDA B LDB BETA C LDC
+    get_gemm_pointer, gemm_type, unique_name = _blas_routine("gemm", dtype, "cciiiffififfi")
 
     @numba_basic.numba_njit
     def xgemm(TRANSA, TRANSB, M, N, K, ALPHA, A, LDA, B, LDB, BETA, C, LDC):
@@ -870,7 +840,7 @@ def numba_funcify_SymProduct(op, node, **kwargs):
             _sym_gemm_lower(a, b, out, alpha, 0.0, _numba_n_blocks(blocks, k))
             return out
 
-    cache_version = 1
+    cache_version = 2
     return sym_product_numba, cache_version
 
 

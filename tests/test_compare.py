@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 
 import numpy as np
 import pytest
@@ -137,6 +138,20 @@ def test_quick_comparison_writes_every_row_and_a_plot(tmp_path, capsys):
         assert v["ok"] and len(v["samples"]) == 3, (key, v)
         assert v["error"] <= case["tolerance"], (key, v)
     assert case["limit_s"] and case["flops"]
+    # the limit: the fewest FLOPs of any candidate at the DGEMM rate of the case's own rounds
+    assert len(case["dgemm_samples"]) == 3
+    rate = 2.0 * 256**3 / statistics.median(case["dgemm_samples"])
+    assert case["dgemm_gflops"] == pytest.approx(rate / 1e9)
+    fewest = min(case["flops"], case["min_flops"])
+    assert case["limit_s"] == pytest.approx(fewest / rate)
+    from autotune.derive import derive
+    from autotune.space import named_point
+
+    kalman = load_problem("kalman")
+    assert case["min_flops"] == pytest.approx(
+        derive(kalman, named_point(kalman, "flop-optimal", case["dims"]), case["dims"])
+        .flops(case["dims"]))
+    assert res["heap"] in ("retain", "system") and "heap policy" in md
     saved = json.loads((tmp_path / "benchmarks.json").read_text())
     assert saved["cases"][0]["dims"] == {"n": 64, "k": 32}
     row = cmp.headline(tmp_path)  # from the folder's benchmarks.json
