@@ -12,7 +12,7 @@ from typing import Any
 
 from .measure import Worker
 from .plan import Plan, read_plan, save_plan
-from .search import Entry, SearchConfig, SearchResult, study_name, tune
+from .search import Entry, SearchConfig, SearchResult, open_storage, study_name, tune
 from .spec import Problem
 
 __all__ = ["run_tuning", "build_plan", "describe_plan", "write_report"]
@@ -161,7 +161,7 @@ def _write_trials(config: SearchConfig, name: str, storage: str) -> Path | None:
     import optuna
 
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
         df = study.trials_dataframe()
     except Exception:  # noqa: BLE001 - the table is a convenience; the plan is written
         return None
@@ -246,7 +246,7 @@ def write_report(problem: Problem, dims: Mapping[str, int], dtype: str, storage:
     name = study_name(problem, dims, dtype, heap)
     storage = storage or f"sqlite:///{(out / 'autotune.db').resolve()}"
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError as exc:
         raise AutotuneError(
             f"no study {name!r} in {storage}: run 'autotune run' for this problem and sizes "

@@ -244,8 +244,8 @@ def prepare_study(problem: Problem, dims: Mapping[str, int], config: SearchConfi
     space = space or space_for(problem, dims, config.targets)
     name = name or study_name(problem, dims, config.dtype, config.heap)
     storage = storage or config.storage or f"sqlite:///{(config.out / 'autotune.db').resolve()}"
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                direction="minimize", load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=open_storage(storage),
+                                sampler=sampler, direction="minimize", load_if_exists=True)
     if not config.enqueue:
         return study
     for n in NAMED_POINTS:
@@ -260,6 +260,17 @@ def prepare_study(problem: Problem, dims: Mapping[str, int], config: SearchConfi
         for combo in itertools.product(*(space[k] for k in keys)):
             study.enqueue_trial(dict(zip(keys, combo, strict=True)), skip_if_exists=True)
     return study
+
+
+def open_storage(url: str) -> Any:
+    """Optuna storage for ``url``. SQLite gets a 60 s busy timeout (the driver's default is
+    5 s): processes sharing one study file wait for each other's writes instead of failing
+    with 'database is locked' on a loaded machine."""
+    if url.startswith("sqlite:"):
+        import optuna
+
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return url
 
 
 def _restore(t: Any, entries: dict[str, Entry]) -> None:

@@ -195,7 +195,7 @@ mirror = [true]
 
 def _worker(storage: str, out: str, seed: int) -> None:
     p = kalman()
-    tune(p, DIMS, SearchConfig(trials=4, timeout=60, targets=("numba-t1",), out=Path(out),
+    tune(p, DIMS, SearchConfig(trials=4, timeout=600, targets=("numba-t1",), out=Path(out),
                                seed=seed, storage=storage, low_fidelity=False,
                                final_round_top=0, enqueue=False), fake_measure)
 
@@ -212,8 +212,8 @@ def _two_workers(storage: str, out: Path) -> list:
     for proc in procs:
         proc.start()
     for proc in procs:
-        proc.join(120)
-        assert proc.exitcode == 0
+        proc.join(600)
+        assert proc.exitcode == 0, f"a worker failed (exit code {proc.exitcode})"
     p = kalman()
     study = optuna.load_study(study_name=study_name(p, DIMS, "float64", "retain"),
                               storage=storage)
