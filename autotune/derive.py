@@ -129,6 +129,10 @@ def _derive_cached(problem: Problem, knobs_t: tuple, values_t: tuple) -> Program
     )
 
 
+#: kernels that form the inverse explicitly (an ``inv``/``spd_inv`` step), not a solve
+EXPLICIT = ("inverse", "cholesky_inverse")
+
+
 @dataclass
 class _Tree:
     i: int
@@ -441,7 +445,8 @@ class _Builder:
         return self.add("cholesky", (a,), x.shape, f"chol({_label(x)})")
 
     def is_virtual(self, leaf: sp.Basic) -> bool:
-        return isinstance(leaf, Inverse) and self.kernel(leaf.arg) != "inverse"
+        """An inverse applied as a solve (not formed explicitly)."""
+        return isinstance(leaf, Inverse) and self.kernel(leaf.arg) not in EXPLICIT
 
     def solve_cost(self, x: sp.Basic, nrhs: int) -> float:
         a = self.size(x.shape[0])
@@ -478,7 +483,7 @@ class _Builder:
             lsym = self.cholesky_symbol(x.arg if isinstance(x, Transpose) else x)
             w = self.solve(Inverse(lsym).arg, rhs, label)
             return self.solve(Transpose(lsym), w, label)
-        if k == "inverse":
+        if k in EXPLICIT:
             inv = self.emit(Inverse(x))
             return self.add("matmul", (inv, rhs), shape, label)
         if k == "transpose":
@@ -495,8 +500,9 @@ class _Builder:
                 x = leaf.arg
                 eye = self.add("eye", (), x.shape, "I")
                 return self.solve(x, eye, label)
-            if isinstance(leaf, Inverse):  # the explicit-inverse kernel
-                return self.add("inv", (self.emit(leaf.arg),), leaf.shape, _label(leaf))
+            if isinstance(leaf, Inverse):  # an explicit-inverse kernel
+                op = "spd_inv" if self.kernel(leaf.arg) == "cholesky_inverse" else "inv"
+                return self.add(op, (self.emit(leaf.arg),), leaf.shape, _label(leaf))
             return self.emit(leaf)
         rows = [self.size(m.shape[0]) for m in leaves]
         cols = [self.size(m.shape[1]) for m in leaves]

@@ -39,7 +39,7 @@ COLORS = {
     "data": "#ffffff",  # slice, block, eye, zeros
 }
 _FAMILY = {
-    "cholesky": "factor", "inv": "factor",
+    "cholesky": "factor", "inv": "factor", "spd_inv": "factor",
     "trsolve": "solve", "cho_solve": "solve", "solve": "solve", "diag_solve": "solve",
     "matmul": "product", "syrk": "product", "symprod": "product",
     "add": "elementwise", "sub": "elementwise", "neg": "elementwise", "scale": "elementwise",

@@ -133,6 +133,10 @@ def _lower_step(program: Program, i: int, v: dict[int, Any], env: Mapping[str, i
         return slinalg.solve(a[0], a[1], assume_a=s.attr("assume_a", "gen"), b_ndim=2)
     if op == "diag_solve":
         return a[1] / pt.diagonal(a[0])[:, None]
+    if op == "spd_inv":
+        from .kernels import spd_inverse
+
+        return spd_inverse(a[0])
     if op == "inv":
         return nlinalg.matrix_inverse(a[0])
     if op == "block":

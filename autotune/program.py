@@ -36,6 +36,7 @@ OPS: dict[str, str] = {
     "solve": "general solve A^-1 B: attrs assume_a ('gen', 'sym', 'pos'), side",
     "diag_solve": "solve with a diagonal matrix (scaling): side",
     "inv": "explicit inverse",
+    "spd_inv": "explicit inverse of an SPD matrix by Cholesky (potrf + potri), symmetric",
     "block": "assemble blocks: attrs grid = [[arg index, transposed?], ...] rows of blocks",
 }
 
@@ -118,6 +119,8 @@ class Program:
             return m**3 / 3.0
         if op == "inv":
             return 2.0 * m**3  # LU factorization + inversion (getrf + getri)
+        if op == "spd_inv":
+            return float(m**3)  # Cholesky + inversion from it (potrf n^3/3 + potri 2n^3/3)
         if op in ("trsolve", "cho_solve", "solve", "diag_solve"):
             a = self.shape(s.args[0], env)[0]
             side = s.attr("side", "left")

@@ -157,6 +157,10 @@ def tune(
     repeats = 0  # consecutive proposals of points already measured
     seen = {_params_key(t.params): t.value
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    # points pruned or failed in this run: a sampler's repeat of one is answered with the
+    # same state instead of being judged again (the sampler's repeats of a small space
+    # would otherwise spend the whole budget re-pruning the same points)
+    settled: dict[str, Any] = {}
     try:
         while done < config.trials and clock() - start < config.timeout:
             trial = study.ask({k: optuna.distributions.CategoricalDistribution(v)
@@ -165,11 +169,14 @@ def tune(
             target = trial.params[TARGET_PARAM]
             named = trial.user_attrs.get("named", "")
             pkey = _params_key(trial.params)
-            if pkey in seen and not named:
-                # the sampler proposed a point already measured: tell it the known value
-                # instead of spending the budget on it again
+            if not named and (pkey in seen or pkey in settled):
+                # the sampler proposed a point already measured (or pruned, or failed): tell
+                # it the known outcome instead of spending the budget on it again
                 trial.set_user_attr("status", "duplicate")
-                study.tell(trial, seen[pkey])
+                if pkey in seen:
+                    study.tell(trial, seen[pkey])
+                else:
+                    study.tell(trial, state=settled[pkey])
                 repeats += 1
                 if repeats >= 50:
                     break  # the sampler keeps returning to measured points: the space is done
@@ -198,8 +205,10 @@ def tune(
                 entries[e.key] = e
                 _calibrate(rates, e)
             elif state == "pruned":
+                settled[pkey] = TrialState.PRUNED
                 study.tell(trial, state=TrialState.PRUNED)
             else:
+                settled[pkey] = TrialState.FAIL
                 study.tell(trial, state=TrialState.FAIL)
             if progress:
                 progress({"trial": done, "of": config.trials, "best": best, "state": state,

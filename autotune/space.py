@@ -65,7 +65,7 @@ ORDER_FIXED = ("optimal", "left", "right")
 MAX_ORDER_RANK = 13
 
 SOLVERS = {
-    PD: ["cholesky_split", "cholesky", "solve_pos", "lu", "inverse"],
+    PD: ["cholesky_split", "cholesky", "solve_pos", "cholesky_inverse", "lu", "inverse"],
     SYMMETRIC: ["sym", "lu", "inverse"],
     DIAGONAL: ["diagonal", "lu", "inverse"],
     LOWER: ["triangular", "lu", "inverse"],

@@ -310,3 +310,23 @@ def test_blocked_derivation_is_cached_on_disk(tmp_path, monkeypatch, blocks):
     blocking._MEMORY.clear()
     _derive_cached.cache_clear()
     assert derive(p, knobs, dims).dumps() == first.dumps()
+
+
+def test_explicit_inverse_of_an_spd_matrix_uses_cholesky():
+    """MMSE needs cov = inv(P) itself and inv(C) inside a sum: both are formed explicitly.
+    For these SPD matrices the cost model picks the Cholesky-based inverse (n^3 instead of
+    LU's 2n^3), and the result matches the reference."""
+    p = load_problem("mmse")
+    dims = _small_dims(p)
+    best = named_point(p, "flop-optimal", dims)
+    prog = derive(p, best, dims)
+    ops = _ops(prog)
+    assert ops.count("spd_inv") == 2 and "inv" not in ops, ops
+    lu = {**best, **{k: "inverse" for k, v in best.items() if v == "cholesky_inverse"}}
+    assert derive(p, lu, dims).flops(dims) > prog.flops(dims)
+    inst = random_instance(p, dims, seed=7)
+    ref = evaluate_reference(p, inst, dims)
+    tol = tolerance("float64", ref.condition, max(dims.values()))
+    _, res = _run(p, best, dims, inst)
+    for name, value in zip(p.outputs, res, strict=True):
+        assert relative_error(value, ref.outputs[name]) <= tol, name

@@ -1,5 +1,5 @@
-"""Tests of autotune.kernels: the SymRankK (BLAS syrk) and SymProduct (one-triangle GEMM) Ops on
-every PyTensor backend."""
+"""Tests of autotune.kernels: the SymRankK (BLAS syrk), SymProduct (one-triangle GEMM) and
+SPDInverse (LAPACK potrf + potri) Ops on every PyTensor backend."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ import pytest
 
 import autotune.kernels
 from autotune.kernels import (
+    SPDInverse,
     SymProduct,
     SymRankK,
     mirror_lower_to_upper,
+    spd_inverse,
     sym_product,
     sym_product_blocks,
     sym_rank_k,
@@ -748,8 +750,229 @@ def test_import_does_not_load_jax_or_torch():
 def test_backend_registration_either_import_order(backend, dispatcher, funcify):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
-    check = "".join(f"assert k.{op} in d.{funcify}.registry\n" for op in ("SymRankK", "SymProduct"))
+    ops = ("SymRankK", "SymProduct", "SPDInverse")
+    check = "".join(f"assert k.{op} in d.{funcify}.registry\n" for op in ops)
     # dispatcher first: registered at import of autotune.kernels
     _run_python(f"import {dispatcher} as d\nimport autotune.kernels as k\n{check}")
     # autotune.kernels first: registered by the post-import hook
     _run_python(f"import autotune.kernels as k\nimport {dispatcher} as d\n{check}")
+
+
+# --------------------------------------------------------------------------------------------
+# SPDInverse
+# --------------------------------------------------------------------------------------------
+
+SPD_SIZES = [0, 1, 2, 7, 64, 300]
+
+
+def _spd(rng, n, dtype):
+    """A random SPD matrix with eigenvalues in about [0.5, 4.5] (condition number below ~10)."""
+    g = rng.standard_normal((n, n))
+    return (g @ g.T / max(n, 1) + 0.5 * np.eye(n)).astype(dtype)
+
+
+def _inv_reference(x):
+    """Independent float64 reference: LU-based ``np.linalg.inv`` of the float64 values."""
+    x64 = np.asarray(x, dtype=np.float64)
+    return np.linalg.inv(x64) if x64.size else np.zeros_like(x64)
+
+
+def _check_inv(out, ref, dtype, err_msg=""):
+    out = np.asarray(out)
+    assert out.dtype == np.dtype(dtype), err_msg
+    assert out.shape == ref.shape, err_msg
+    scale = float(np.abs(ref).max()) if ref.size else 1.0
+    rtol, atol = (1e-4, 1e-5 * scale) if dtype == "float32" else (1e-10, 1e-12 * scale)
+    np.testing.assert_allclose(out, ref, rtol=rtol, atol=atol, err_msg=err_msg)
+    assert np.array_equal(out, out.T), f"result is not exactly symmetric {err_msg}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_spd_inverse_against_numpy(mode, dtype, rng):
+    """Every size and input layout (C, F, transposed and sliced views with NaN around them)."""
+    x = pt.matrix("x", dtype=dtype)
+    f = pytensor.function([x], spd_inverse(x), mode=mode)
+    for n in SPD_SIZES:
+        xv = _spd(rng, n, dtype)
+        ref = _inv_reference(xv)
+        for layout, make in LAYOUTS.items():
+            x_in = make(xv)
+            assert np.array_equal(x_in, xv)
+            before = x_in.copy(order="K")
+            out = f(x_in)
+            _check_inv(out, ref, dtype, err_msg=f"n={n}, layout {layout}")
+            assert out.flags.c_contiguous and out.flags.writeable
+            np.testing.assert_array_equal(x_in, before)  # the input is not modified
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_spd_inverse_graph_views(mode, rng):
+    """`x` is a view built in the graph (Subtensor / transpose), so the Op sees strided arrays."""
+    xv = _spd(rng, 9, "float64")
+    xs = {name: pt.matrix(f"x_{name}") for name in GRAPH_VIEWS}
+    outs = [spd_inverse(view(xs[name])) for name, (_, view) in GRAPH_VIEWS.items()]
+    f = pytensor.function(list(xs.values()), outs, mode=mode)
+    ref = _inv_reference(xv)
+    for name, out in zip(
+        GRAPH_VIEWS, f(*(base(xv) for base, _ in GRAPH_VIEWS.values())), strict=True
+    ):
+        _check_inv(out, ref, "float64", err_msg=name)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_spd_inverse_reads_only_lower_triangle(mode, dtype, rng):
+    """The strict upper triangle is NaN (and the lower one alone defines the matrix): only the
+    lower triangle may be read, in every layout."""
+    x = pt.matrix("x", dtype=dtype)
+    f = pytensor.function([x], spd_inverse(x), mode=mode)
+    for n in (1, 5, 70):
+        lower = np.tril(_spd(rng, n, dtype) + np.tril(_rand(rng, (n, n), dtype), -1) / n)
+        ref = _inv_reference(_lower_mirrored(lower))
+        x_nan = lower.copy()
+        x_nan[np.triu_indices(n, 1)] = np.nan
+        for layout, make in LAYOUTS.items():
+            _check_inv(f(make(x_nan)), ref, dtype, err_msg=f"n={n}, layout {layout}")
+
+
+def _not_positive_definite(n):
+    """Symmetric matrices that are not positive definite, each failing in potrf."""
+    indefinite = np.eye(n)
+    indefinite[n - 1, n - 1] = -1.0  # one negative eigenvalue, last pivot fails
+    bad = {"-I": -np.eye(n), "indefinite": indefinite, "zero": np.zeros((n, n))}
+    if n > 1:  # a symmetric permutation: eigenvalues +1 and -1, the first pivot is 0
+        bad["swap"] = np.eye(n)[::-1].copy()
+    return bad
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_spd_inverse_not_positive_definite_python(dtype, rng):
+    """Python/C linkers: numpy.linalg.LinAlgError (scipy's LinAlgError is the same class)."""
+    import scipy.linalg
+
+    assert scipy.linalg.LinAlgError is np.linalg.LinAlgError
+    x = pt.matrix("x", dtype=dtype)
+    for mode in ("FAST_COMPILE", "CVM"):
+        f = pytensor.function([x], spd_inverse(x), mode=mode)
+        for name, bad in _not_positive_definite(6).items():
+            for layout in ("C", "F"):
+                x_in = LAYOUTS[layout](bad.astype(dtype))
+                before = x_in.copy()
+                with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+                    f(x_in)
+                np.testing.assert_array_equal(x_in, before, err_msg=f"{mode} {name} {layout}")
+        xv = _spd(rng, 6, dtype)  # still works afterwards
+        _check_inv(f(xv), _inv_reference(xv), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_spd_inverse_not_positive_definite_numba(dtype, rng):
+    """Numba: a NaN-filled result, as PyTensor's numba Cholesky when potrf fails."""
+    x = pt.matrix("x", dtype=dtype)
+    f = pytensor.function([x], spd_inverse(x), mode="NUMBA")
+    for n in (1, 6, 100):
+        for name, bad in _not_positive_definite(n).items():
+            for layout in ("C", "F"):
+                x_in = LAYOUTS[layout](bad.astype(dtype))
+                before = x_in.copy()
+                out = f(x_in)
+                err_msg = f"n={n}, {name}, layout {layout}"
+                assert out.shape == (n, n) and out.dtype == np.dtype(dtype), err_msg
+                assert np.isnan(out).all(), err_msg
+                np.testing.assert_array_equal(x_in, before, err_msg=err_msg)
+    xv = _spd(rng, 6, dtype)  # still works afterwards
+    _check_inv(f(xv), _inv_reference(xv), dtype)
+
+
+def test_spd_inverse_large_output(rng):
+    """Outputs of 4 MiB and more are allocated by NumPy in the numba kernel."""
+    dtypes = ("float64", "float32")
+    xs = {dt: pt.matrix(f"x_{dt}", dtype=dt) for dt in dtypes}
+    f = pytensor.function(list(xs.values()), [spd_inverse(x) for x in xs.values()], mode="NUMBA")
+    xv = {dt: _spd(rng, 1100, dt) for dt in dtypes}
+    for dt, out in zip(dtypes, f(*xv.values()), strict=True):
+        _check_inv(out, _inv_reference(xv[dt]), dt)
+        assert out.flags.c_contiguous and out.flags.writeable
+
+
+@pytest.mark.parametrize("backend", ["JAX", "PYTORCH"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_spd_inverse_jax_pytorch(backend, dtype, rng):
+    pytest.importorskip({"JAX": "jax", "PYTORCH": "torch"}[backend])
+    x = pt.matrix("x", dtype=dtype)
+    f = pytensor.function([x], spd_inverse(x), mode=backend)
+    xv = _spd(rng, 7, dtype)
+    _check_inv(f(xv), _inv_reference(xv), dtype)
+    x_nan = xv.copy()
+    x_nan[np.triu_indices(7, 1)] = np.nan  # only the lower triangle is read
+    _check_inv(f(x_nan), _inv_reference(xv), dtype)
+    for name, bad in _not_positive_definite(7).items():
+        out = np.asarray(f(bad.astype(dtype)))
+        assert out.dtype == np.dtype(dtype) and np.isnan(out).all(), name
+
+
+def test_spd_inverse_invalid_inputs():
+    with pytest.raises(TypeError, match="`x` must be a matrix"):
+        spd_inverse(pt.vector("x"))
+    with pytest.raises(TypeError, match="`x` must be a matrix, got 3 dimensions"):
+        spd_inverse(pt.tensor3("x"))
+    with pytest.raises(TypeError, match="float32 or float64, got int64"):
+        SPDInverse()(pt.matrix("x", dtype="int64"))
+    with pytest.raises(TypeError, match="complex"):
+        spd_inverse(pt.matrix("x", dtype="complex128"))
+    with pytest.raises(ValueError, match="must be square, got static shape"):
+        spd_inverse(pt.tensor("x", shape=(2, 3)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_spd_inverse_runtime_not_square(mode):
+    x = pt.matrix("x")
+    f = pytensor.function([x], spd_inverse(x), mode=mode)
+    for shape in [(2, 3), (3, 2), (0, 2)]:
+        with pytest.raises(ValueError, match="square"):
+            f(np.ones(shape))
+
+
+def test_spd_inverse_static_shapes_and_dtypes():
+    out = spd_inverse(pt.tensor("x", shape=(3, None), dtype="float32"))
+    assert out.type.shape == (3, 3) and out.type.dtype == "float32"
+    assert spd_inverse(pt.tensor("x", shape=(None, 4))).type.shape == (4, 4)
+    assert spd_inverse(pt.matrix("x")).type.shape == (None, None)
+    # the builder casts integer inputs to float, as sym_rank_k does
+    assert spd_inverse(pt.matrix("x", dtype="int8")).type.dtype == "float32"
+    assert spd_inverse(pt.matrix("x", dtype="int64")).type.dtype == "float64"
+    x = pt.matrix("x", dtype="int64")
+    f = pytensor.function([x], spd_inverse(x), mode="NUMBA")
+    _check_inv(f(np.array([[2, 1], [1, 2]])), np.array([[2.0, -1.0], [-1.0, 2.0]]) / 3, "float64")
+
+
+def test_spd_inverse_infer_shape_does_not_compute():
+    x = pt.matrix("x")
+    f = pytensor.function([x], spd_inverse(x).shape, mode="NUMBA")
+    assert not any(isinstance(n.op, SPDInverse) for n in f.maker.fgraph.toposort())
+    assert tuple(f(np.zeros((5, 5)))) == (5, 5)
+
+
+def test_spd_inverse_numba_dispatch_registered():
+    from pytensor.link.numba.dispatch.basic import numba_funcify, numba_funcify_and_cache_key
+
+    from autotune.kernels import _blas_routine
+
+    assert numba_funcify.dispatch(SPDInverse) is not numba_funcify.dispatch(object)
+    node = spd_inverse(pt.matrix("x")).owner
+    _, key = numba_funcify_and_cache_key(node.op, node=node)
+    assert key is not None  # cacheable on disk by PyTensor's numba cache
+    # LAPACK routines get their own unique names; the BLAS ones keep theirs.
+    lapack = "scipy.linalg.cython_lapack"
+    assert _blas_routine("potrf", "float64", "cifii", lapack)[2] == "autotune.scipy.lapack.dpotrf"
+    assert _blas_routine("potri", "float32", "cifii", lapack)[2] == "autotune.scipy.lapack.spotri"
+    assert _blas_routine("syrk", "float64", "cciiffiffi")[2] == "autotune.scipy.blas.dsyrk"
+
+
+def test_spd_inverse_props_and_grad():
+    assert SPDInverse() == SPDInverse() and hash(SPDInverse()) == hash(SPDInverse())
+    assert str(SPDInverse()) == "SPDInverse"
+    x = pt.matrix("x")
+    with pytest.raises(Exception, match="SPDInverse"):
+        pytensor.grad(spd_inverse(x).sum(), x)

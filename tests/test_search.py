@@ -144,6 +144,11 @@ def test_interrupt_still_returns_best(tmp_path, phase):
     assert result.best.measurement.median == fastest.measurement.median
 
 
+# the kernels for an SPD matrix, each with a made-up time
+TIMES = {"cholesky_split": 1.0, "cholesky": 2.0, "solve_pos": 3.0, "cholesky_inverse": 3.5,
+         "lu": 4.0, "inverse": 5.0}
+
+
 def test_exhaustive_for_small_spaces(tmp_path):
     from autotune.spec import parse_problem
 
@@ -173,8 +178,7 @@ mirror = [true]
     def measure(job, timeout):
         if job.policy.max_repeats > 1:  # the search phase (the final round takes 1 sample)
             calls.append(job.knobs["solver.inv1"])
-        t = {"cholesky_split": 1.0, "cholesky": 2.0, "solve_pos": 3.0, "lu": 4.0,
-             "inverse": 5.0}[job.knobs["solver.inv1"]]
+        t = TIMES[job.knobs["solver.inv1"]]
         return Measurement("ok", job.target, (t,), 0.0, {}, 1.0, 1.0)
 
     result = tune(q, {"n": 8}, _config(tmp_path, trials=20, targets=("numba-t1",)), measure)
@@ -182,15 +186,22 @@ mirror = [true]
 
     study = optuna.load_study(study_name=result.study_name, storage=result.storage)
     seen = {t.params["solver.inv1"] for t in study.trials}
-    assert seen == {"cholesky_split", "cholesky", "solve_pos", "lu", "inverse"}
+    assert seen == set(TIMES)
     assert result.best.knobs["solver.inv1"] == "cholesky_split"
     # with the space exhausted, the sampler's repeats are answered from the study, not
     # measured again (the named points are measured once more each, on purpose)
-    assert len(calls) <= 5 + 2
+    assert len(calls) <= len(TIMES) + 2
     dup = [t for t in study.trials if t.user_attrs.get("status") == "duplicate"]
-    assert dup and all(t.value == 1.0 * {"cholesky_split": 1, "cholesky": 2, "solve_pos": 3,
-                                         "lu": 4, "inverse": 5}[t.params["solver.inv1"]]
-                       for t in dup)
+    assert dup and all(t.value == TIMES[t.params["solver.inv1"]] for t in dup
+                       if t.state.name == "COMPLETE")
+    # a repeat of a pruned point is answered as pruned, without spending the budget
+    pruned = {t.params["solver.inv1"] for t in study.trials
+              if t.state.name == "PRUNED" and t.user_attrs.get("status") != "duplicate"}
+    for t in dup:
+        if t.params["solver.inv1"] in pruned:
+            assert t.state.name == "PRUNED"
+    measured = [t for t in study.trials if t.user_attrs.get("status") != "duplicate"]
+    assert len({t.params["solver.inv1"] for t in measured}) == len(measured)
 
 
 def _worker(storage: str, out: str, seed: int) -> None:
