@@ -130,6 +130,18 @@ Function = Callable[..., tuple[Any, ...]]
 # ---------------------------------------------------------------------------------------------
 
 
+def _summed(fs: list[Callable[[dict], Any]]) -> Callable[[dict], Any]:
+    """The evaluator of a sum of terms (scalars or matrices), left to right."""
+
+    def add(env: dict) -> Any:
+        out = fs[0](env)
+        for f in fs[1:]:
+            out = out + f(env)
+        return out
+
+    return add
+
+
 class _Builder:
     """Turns the SymPy expression tree into nested closures once, so that a call does only
     array work (no SymPy in the timed path). Nothing is shared: every occurrence of a
@@ -167,15 +179,7 @@ class _Builder:
 
             return mul
         if isinstance(e, sp.Add):
-            fs = [self.scalar(a) for a in e.args]
-
-            def add(env: dict) -> Any:
-                out = fs[0](env)
-                for f in fs[1:]:
-                    out = out + f(env)
-                return out
-
-            return add
+            return _summed([self.scalar(a) for a in e.args])
         if isinstance(e, sp.Pow):
             base, exp = self.scalar(e.base), self.scalar(e.exp)
             return lambda env: base(env) ** exp(env)
@@ -200,15 +204,7 @@ class _Builder:
             inv = self.inv
             return lambda env: inv(f(env))
         if isinstance(e, MatAdd):
-            fs = [self.matrix(a) for a in e.args]
-
-            def add(env: dict) -> Any:
-                out = fs[0](env)
-                for f in fs[1:]:
-                    out = out + f(env)
-                return out
-
-            return add
+            return _summed([self.matrix(a) for a in e.args])
         if isinstance(e, (MatMul, MatPow)):
             coeff, mats = split_coeff(e)
             prod = self.product(mats) if mats else None

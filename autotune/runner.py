@@ -259,24 +259,20 @@ def write_report(problem: Problem, dims: Mapping[str, int], dtype: str, storage:
     paths.append(csv)
     import warnings
 
+    def save(ax, path: Path) -> None:
+        ax.figure.tight_layout()
+        ax.figure.savefig(path, dpi=110)
+        plt.close(ax.figure)
+        paths.append(path)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ax = ovm.plot_optimization_history(study)
-        ax.figure.tight_layout()
-        p = out / f"history-{name}.png"
-        ax.figure.savefig(p, dpi=110)
-        plt.close(ax.figure)
-        paths.append(p)
+        save(ovm.plot_optimization_history(study), out / f"history-{name}.png")
         complete = [t for t in study.trials if t.state.name == "COMPLETE"]
         if len(complete) >= 2 and any(len(d.choices) > 1 for t in complete[:1]
                                       for d in t.distributions.values()):
             try:
-                ax = ovm.plot_param_importances(study)
-                ax.figure.tight_layout()
-                p = out / f"importance-{name}.png"
-                ax.figure.savefig(p, dpi=110)
-                plt.close(ax.figure)
-                paths.append(p)
+                save(ovm.plot_param_importances(study), out / f"importance-{name}.png")
             except (RuntimeError, ValueError):
                 pass  # importance needs variation among finished trials
     return paths
