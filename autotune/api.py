@@ -8,6 +8,12 @@ The plan's problem text is re-parsed with the safe parser and the computation re
 from the stored knobs (never pickle, never eval), then compiled once for the stored target.
 Calls check their inputs (names, shapes, dtypes, finiteness, the properties the plan relies
 on) and raise errors naming the input; they are safe from several threads.
+
+Loading refuses a damaged or foreign plan with a :class:`PlanError` naming the field: the
+schema (:mod:`autotune.plan`), then what only the problem can tell (:func:`check_plan`: the
+stored problem re-parses and matches, the knobs are in its knob space), then any failure to
+re-derive, lower or compile. Knob, kernel or target names from another autotune version are
+refused with the command that re-tunes the plan.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from .errors import AutotuneError, PlanError
-from .plan import Plan, read_plan
+from .plan import Plan, field_path, read_plan, retune_hint
 
-__all__ = ["load_plan", "find_plan", "TunedFunction", "InputError", "PlanWarning"]
+__all__ = ["load_plan", "find_plan", "check_plan", "TunedFunction", "InputError", "PlanWarning"]
 
 
 class InputError(AutotuneError, ValueError):
@@ -89,6 +95,95 @@ def _asymmetry(a: np.ndarray, tile: int = 128) -> float:
     return worst
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception for a message: autotune's own by their text, others with their type."""
+    text = str(exc) if isinstance(exc, AutotuneError) else f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def _is_unknown_name(key: str, value: Any, space: Mapping[str, Any]) -> bool:
+    """A knob this version does not have, or a name (kernel, order...) it does not know for
+    a knob it has: what a plan of another autotune version holds after a rename."""
+    if key not in space:
+        return True
+    valid = space[key]
+    return (isinstance(value, str) and value not in valid
+            and any(isinstance(v, str) for v in valid))
+
+
+def _check_params(problem: Any, params: Mapping[str, Any], dims: Mapping[str, int],
+                  content: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The plan's knobs against the problem's own knob space: a :class:`PlanError` naming
+    ``params.<knob>`` for the first one that does not fit."""
+    import dataclasses
+
+    from .errors import KnobError
+    from .space import TARGET_KNOBS, knob_space, normalize_knobs
+
+    try:
+        return normalize_knobs(problem, params, dims)
+    except KnobError as exc:  # find the knob, then say which
+        first: BaseException = exc
+    except Exception as exc:  # noqa: BLE001 - not about one knob
+        raise PlanError(f"{where}: field 'params': the problem's knob space cannot be built: "
+                        f"{_describe(exc)}; {retune_hint(content)}") from exc
+    for key, value in params.items():
+        try:
+            normalize_knobs(problem, {key: value}, dims)
+        except Exception as exc:  # noqa: BLE001
+            hint = ""
+            if isinstance(exc, KnobError) and key not in TARGET_KNOBS:
+                try:
+                    space = knob_space(dataclasses.replace(problem, search={}), dims)
+                    if _is_unknown_name(key, value, space):
+                        hint = f"; {retune_hint(content)}"
+                except Exception:  # noqa: BLE001 - the hint is a courtesy
+                    pass
+            raise PlanError(f"{where}: field {_field('params', key)}: {_describe(exc)}"
+                            f"{hint}") from exc
+    raise PlanError(f"{where}: field 'params': {_describe(first)}") from first
+
+
+def _field(*parts: str) -> str:
+    return f"'{field_path(parts)}'"
+
+
+def check_plan(plan: Plan) -> tuple[Any, dict[str, int], dict[str, Any]]:
+    """What a schema cannot check: the stored problem re-parses (safe parser) and matches
+    the plan's name, inputs, outputs and dimensions, and the knobs are valid for it.
+
+    Returns ``(problem, dims, knobs)`` (knobs with the defaults filled in); raises
+    :class:`PlanError` naming the field. :func:`load_plan` and :func:`find_plan` run it."""
+    from .spec import parse_problem
+
+    c = plan.content
+    where = str(plan.path or "plan")
+    stored = c["problem"]
+    try:
+        problem = parse_problem(stored["source"], origin=stored["origin"])
+    except Exception as exc:  # noqa: BLE001 - RecursionError and the like included
+        raise PlanError(f"{where}: field 'problem.source': the stored problem does not parse: "
+                        f"{_describe(exc)}; {retune_hint(c)}") from exc
+    if problem.name != stored["name"]:
+        raise PlanError(f"{where}: field 'problem.name': {stored['name']!r}, but the stored "
+                        f"problem text is named {problem.name!r}")
+    for key, declared in (("inputs", problem.inputs), ("outputs", problem.outputs)):
+        if key in stored and list(stored[key]) != list(declared):
+            raise PlanError(f"{where}: field 'problem.{key}': {stored[key]} does not match the "
+                            f"stored problem text ({', '.join(declared)})")
+    dims = dict(c["dims"])
+    if set(dims) != set(problem.dims):
+        raise PlanError(f"{where}: field 'dims': the plan has dimensions "
+                        f"{', '.join(dims) or 'none'}; problem {problem.name!r} has "
+                        f"{', '.join(problem.dims)}")
+    try:
+        resolved = problem.resolve_dims(dims)
+    except Exception as exc:  # noqa: BLE001
+        raise PlanError(f"{where}: field 'dims': {_describe(exc)}") from exc
+    knobs = _check_params(problem, c["params"], resolved, c, where)
+    return problem, resolved, knobs
+
+
 class TunedFunction:
     """A compiled plan. Call with arrays by keyword (input names) or position."""
 
@@ -97,7 +192,6 @@ class TunedFunction:
         from .derive import derive
         from .lower import lower
         from .memory import check_heap_policy, set_heap_policy
-        from .spec import parse_problem
         from .targets import (
             check_available,
             compile_function,
@@ -111,10 +205,7 @@ class TunedFunction:
         self.plan = plan
         self.check_finite = check_finite
         self.check_properties = check_properties
-        try:
-            self.problem = parse_problem(c["problem"]["source"], origin=c["problem"]["origin"])
-        except AutotuneError as exc:
-            raise PlanError(f"{where}: the stored problem does not parse: {exc}") from exc
+        self.problem, self.dims, knobs = check_plan(plan)
         diffs = _fingerprint_differences(c.get("machine", {}), machine_fingerprint())
         if diffs:
             warnings.warn(
@@ -122,24 +213,40 @@ class TunedFunction:
                 + "; ".join(diffs) + ". It runs, but may not be the fastest plan here.",
                 PlanWarning, stacklevel=3,
             )
-        self.dims = {k: int(v) for k, v in c["dims"].items()}
         self.dtype = c["dtype"]
         # the heap policy the plan was measured under, process-wide (see autotune.memory)
         self.heap = check_heap_policy(plan.heap if heap is None else heap, "heap")
         if heap is not None or self.heap != "system":  # an old plan leaves the process alone
             set_heap_policy(self.heap)
         try:
-            target = check_available(parse_target(c["target"]["name"]))
+            stored = parse_target(c["target"]["name"])
+        except AutotuneError as exc:  # read_plan refuses these; a Plan built by hand may not
+            raise PlanError(f"{where}: field 'target.name': {exc}") from exc
+        try:
+            target = check_available(stored)
         except AutotuneError as exc:
             fallback = default_target()
             warnings.warn(f"{where}: target {c['target']['name']} is not available here "
                           f"({exc}); running on {fallback.name}", PlanWarning, stacklevel=3)
             target = fallback
         self.target = target
-        program = derive(self.problem, c["params"], self.dims)
-        self.program = program
-        inputs, outputs = lower(self.problem, program, self.dims, dtype=self.dtype)
-        self._fn = compile_function(target, inputs, outputs)
+        try:
+            self.program = program = derive(self.problem, knobs, self.dims)
+        except Exception as exc:  # noqa: BLE001 - RecursionError and the like included
+            raise PlanError(f"{where}: field 'params': the computation cannot be re-derived "
+                            f"from the stored knobs: {_describe(exc)}; "
+                            f"{retune_hint(c)}") from exc
+        try:
+            inputs, outputs = lower(self.problem, program, self.dims, dtype=self.dtype)
+        except Exception as exc:  # noqa: BLE001
+            raise PlanError(f"{where}: field 'params': the derived computation cannot be "
+                            f"lowered to PyTensor ({self.dtype}): {_describe(exc)}; "
+                            f"{retune_hint(c)}") from exc
+        try:
+            self._fn = compile_function(target, inputs, outputs)
+        except Exception as exc:  # noqa: BLE001
+            raise PlanError(f"{where}: field 'target': the computation cannot be compiled for "
+                            f"{target.name}: {_describe(exc)}") from exc
         self.input_names = list(self.problem.inputs)
         self.output_names = list(self.problem.outputs)
         self.shapes = {n: self.problem.shape_of(n, self.dims) for n in self.input_names}
@@ -255,6 +362,10 @@ def load_plan(path: str | Path, check_finite: bool = True,
               check_properties: bool = True, heap: str | None = None) -> TunedFunction:
     """Load, verify and compile a plan; returns a callable.
 
+    A plan that is damaged, foreign, or does not fit this autotune raises :class:`PlanError`
+    naming the file and the field (``params.solver.S``, ``problem.source``, ``dims.n``...);
+    one whose knob, kernel or target names this version does not know says how to re-tune.
+
     ``heap``: the process's heap policy (:mod:`autotune.memory`). By default the plan's own
     (``retain`` for plans tuned with it: big temporaries keep their pages between calls, so
     the process keeps the computation's peak working set resident); ``"system"`` leaves the
@@ -270,6 +381,10 @@ def find_plan(problem: str, dims: Mapping[str, int] | None = None,
 
     ``fallback='nearest'`` returns the plan of the nearest sizes with a warning when none
     matches exactly; ``'error'`` (the default) raises :class:`PlanError`.
+
+    Files that are not valid plans are skipped; so are plans of ``problem`` that
+    :func:`check_plan` refuses (their stored problem or knobs no longer fit this autotune),
+    and when no plan is left the error says why each was refused.
     """
     from .targets import machine_fingerprint
 
@@ -278,16 +393,23 @@ def find_plan(problem: str, dims: Mapping[str, int] | None = None,
     folder = Path(folder)
     here = machine_fingerprint().get("cpu_model")
     candidates: list[tuple[Path, Plan]] = []
+    refused: list[str] = []
     for path in sorted(folder.glob("*.json")):
         try:
             plan = read_plan(path)
         except PlanError:
             continue
         if plan.problem_name == problem and plan.dtype == dtype:
+            try:
+                check_plan(plan)
+            except PlanError as exc:
+                refused.append(str(exc))
+                continue
             candidates.append((path, plan))
+    why = "".join(f"\n  refused: {r}" for r in refused)
     if not candidates:
         raise PlanError(f"no {dtype} plan for problem {problem!r} in {folder}; tune one with "
-                        f"'autotune run --problem {problem}'")
+                        f"'autotune run --problem {problem}'{why}")
     if dims is None:
         exact = candidates
     else:
@@ -305,7 +427,7 @@ def find_plan(problem: str, dims: Mapping[str, int] | None = None,
     sizes = ", ".join(sorted({str(pl.dims) for _, pl in candidates}))
     if fallback == "error":
         raise PlanError(f"no plan for {problem!r} at {dict(dims or {})} in {folder}; plans "
-                        f"exist for {sizes} (pass fallback='nearest' to use the nearest)")
+                        f"exist for {sizes} (pass fallback='nearest' to use the nearest){why}")
 
     def distance(item: tuple[Path, Plan]) -> float:
         _, pl = item

@@ -155,6 +155,34 @@ def test_damaged_plan_files_are_refused(plan_path, tmp_path, damage, match):
         load_plan(bad)
 
 
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d["params"].update({"solver.S": "qr"}),
+         r"field 'params\.solver\.S': solver\.S = 'qr'.*written by an older or newer autotune: "
+         r"re-tune it with `autotune run --problem kalman --dim k=16 --dim n=32 --dtype float64`"),
+        (lambda d: d["params"].update({"blocks.z": 2}), r"field 'params\.blocks\.z': unknown knob"),
+        (lambda d: d["target"].update(backend="tpu"),
+         r"field 'target\.backend': unknown backend 'tpu'; valid backends: numba, c, jax"),
+        (lambda d: d.update(dtype="float16"), r"field 'dtype': 'float16' is not one of"),
+        (lambda d: d.update(schema_version=0), r"field 'schema_version': 0"),
+        (lambda d: d["dims"].update(n="32"), r"field 'dims\.n' must be an integer"),
+        (lambda d: d.update(params=[]), r"field 'params' must be a JSON object"),
+    ],
+    ids=["kernel", "knob", "backend", "dtype", "schema-0", "dims-type", "params-list"],
+)
+def test_plans_with_a_valid_digest_are_still_checked(plan_path, tmp_path, edit, match):
+    bad = _rewrite(plan_path, tmp_path / "bad.json", edit)
+    with pytest.raises(PlanError, match=match):
+        load_plan(bad)
+
+
+def test_a_freshly_tuned_plan_fits_the_schema(plan_path):
+    from autotune.plan import _validator
+
+    assert list(_validator().iter_errors(json.loads(plan_path.read_text()))) == []
+
+
 def test_find_plan_exact_nearest_and_missing(plan_path):
     folder = plan_path.parent
     assert find_plan("kalman", {"n": 32}, folder) == plan_path
