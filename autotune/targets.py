@@ -816,9 +816,15 @@ def compile_function(
     outputs: Any,
     *,
     example_inputs: Sequence[Any] | None = None,
+    rewrites: str = "chosen",
     **kw: Any,
 ) -> CompiledFunction:
     """``pytensor.function(inputs, outputs, mode=<the target's mode>, **kw)`` for ``target``.
+
+    ``rewrites="chosen"`` (default) compiles what the graph states: PyTensor's
+    kernel-choosing and merge rewrites are excluded (:mod:`autotune.pinned`), so a candidate's
+    inverses, solves and factorizations are the ones its derivation chose.
+    ``rewrites="pytensor"`` lets PyTensor's own rewrites decide (a peer baseline).
 
     Raises :class:`TargetError` when the target is unknown or unavailable here, and
     :class:`CompileError` (with the target name) when PyTensor cannot lower or compile the
@@ -835,7 +841,9 @@ def compile_function(
     import pytensor
 
     try:
-        mode = t.spec.pytensor_mode()
+        from .pinned import pinned_mode
+
+        mode = pinned_mode(t.spec.pytensor_mode(), rewrites)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_BLAS_WARNING)
             fn = pytensor.function(inputs, outputs, mode=mode, **kw)
