@@ -16,14 +16,17 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import MeasurementError
 
-__all__ = ["Measurement", "Job", "TimingPolicy", "Worker", "measure_in_process"]
+__all__ = ["Measurement", "Job", "TimingPolicy", "Worker", "RemoteError", "measure_in_process",
+           "dgemm_rate"]
 
-STATUSES = ("ok", "inaccurate", "slow", "compile_error", "runtime_error", "timeout", "crashed")
+STATUSES = ("ok", "inaccurate", "slow", "compile_error", "runtime_error", "timeout", "crashed",
+            "interrupted")
+VARIANTS = ("candidate", "pytensor", "numpy")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,13 @@ class Job:
     policy: TimingPolicy = field(default_factory=TimingPolicy)
     best_so_far: float | None = None  # seconds, for early stopping
     verify: bool = True
+    #: what is run: ``candidate`` (the knobs, compiled as chosen), ``pytensor`` (the knobs,
+    #: compiled with PyTensor's own kernel-choosing rewrites), ``numpy`` (the formula as
+    #: written, evaluated with NumPy; the knobs are ignored)
+    variant: str = "candidate"
+    #: a candidate whose compiled graph was already measured in this worker (same sizes,
+    #: dtype, target) gets that measurement back instead of being timed again
+    reuse_graph: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class Measurement:
     tolerance: float = 0.0
     flops: float = 0.0
     message: str = ""
+    graph: str = ""  # fingerprint of the compiled graph (autotune.pinned.graph_fingerprint)
 
     @property
     def median(self) -> float:
@@ -128,45 +139,90 @@ def _instance(problem, dims: Mapping[str, int], seed: int, dtype: str):
     return args, ref, tol
 
 
+def _build(problem, job: Job, target):
+    """(function, FLOPs, graph fingerprint) of the job's variant, compiled for ``target``."""
+    from .derive import derive
+    from .lower import lower
+    from .pinned import graph_fingerprint
+    from .targets import compile_function
+
+    program = derive(problem, job.knobs, job.dims)
+    flops = program.flops(job.dims)
+    if job.variant == "numpy":
+        from .compare import build_numpy
+
+        return build_numpy(problem, job.dims, "inv"), flops, "numpy"
+    rewrites = "pytensor" if job.variant == "pytensor" else "chosen"
+    inputs, outputs = lower(problem, program, job.dims, dtype=job.dtype)
+    fn = compile_function(target, inputs, outputs, rewrites=rewrites)
+    return fn, flops, graph_fingerprint(fn)
+
+
+def _compiled(problem, job: Job, target, args, clock):
+    """The cached or freshly compiled function, with its first call's outputs."""
+    from .targets import thread_limit
+
+    key = ("compiled", problem.sha256, repr(sorted(job.knobs.items())), job.target,
+           tuple(sorted(job.dims.items())), job.dtype, job.variant)
+    if key in _STATE:  # compiled and verified earlier in this worker: no extra call
+        fn, compile_s, flops, graph = _STATE[key]
+        return fn, compile_s, flops, graph, None
+    t0 = clock()
+    fn, flops, graph = _build(problem, job, target)
+    with thread_limit(target):
+        first = fn(*args)  # numba/jax compile lazily: the first call compiles
+    compile_s = clock() - t0
+    compiled = [k for k in _STATE if k[0] == "compiled"]
+    for k in compiled[: max(0, len(compiled) - 15)]:
+        del _STATE[k]
+    _STATE[key] = (fn, compile_s, flops, graph)
+    return fn, compile_s, flops, graph, first
+
+
 def measure_in_process(job: Job, clock: Callable[[], float] = time.perf_counter) -> Measurement:
     """Compile, verify and time one candidate in this process."""
-    from .derive import derive
-    from .errors import AutotuneError
-    from .lower import lower
-    from .reference import relative_error
-    from .targets import compile_function, parse_target, thread_limit
+    from .faults import fault
+    from .targets import parse_target
 
+    if job.variant not in VARIANTS:
+        raise ValueError(f"Job.variant {job.variant!r}; valid: {', '.join(VARIANTS)}")
     problem = _problem(job.problem_source, job.problem_origin)
     target = parse_target(job.target)
-    key = ("compiled", problem.sha256, repr(sorted(job.knobs.items())), job.target,
-           tuple(sorted(job.dims.items())), job.dtype)
+    fault("measure")
     try:
-        program = derive(problem, job.knobs, job.dims)
-        flops = program.flops(job.dims)
         args, ref, tol = _instance(problem, job.dims, job.seed, job.dtype)
-        if key in _STATE:
-            fn, compile_s = _STATE[key]
-            with thread_limit(target):
-                first = fn(*args)
-        else:
-            t0 = clock()
-            inputs, outputs = lower(problem, program, job.dims, dtype=job.dtype)
-            fn = compile_function(target, inputs, outputs)
-            with thread_limit(target):
-                first = fn(*args)  # numba/jax compile lazily: the first call compiles
-            compile_s = clock() - t0
-            compiled = [k for k in _STATE if k[0] == "compiled"]
-            for k in compiled[: max(0, len(compiled) - 15)]:
-                del _STATE[k]
-            _STATE[key] = (fn, compile_s)
-    except AutotuneError as exc:
-        return Measurement("compile_error", target.name, message=_short(exc))
+        fn, compile_s, flops, graph, first = _compiled(problem, job, target, args, clock)
     except Exception as exc:  # noqa: BLE001 - a failing candidate is a recorded outcome
         return Measurement("compile_error", target.name, message=_short(exc))
-    errors = {}
+    same = ("graph", graph, job.target, tuple(sorted(job.dims.items())), job.dtype, job.seed)
+    if job.reuse_graph and same in _STATE:
+        earlier: Measurement = _STATE[same]
+        return replace(earlier, compile_s=compile_s, message=(
+            "same compiled graph as an earlier candidate: measured once"
+            + (f"; {earlier.message}" if earlier.message else "")))
+    m = _verify_and_time(job, problem, target, fn, args, first, ref, tol, compile_s, flops,
+                         clock)
+    m = replace(m, graph=graph)
+    if m.status in ("ok", "inaccurate", "runtime_error"):
+        _STATE[same] = m
+    return m
+
+
+def _verify_and_time(job, problem, target, fn, args, first, ref, tol, compile_s, flops,
+                     clock) -> Measurement:
+    from .reference import relative_error
+    from .targets import thread_limit
+
+    verified = ("verified", id(fn), job.seed, tuple(sorted(job.dims.items())))
+    if first is None and verified not in _STATE:
+        with thread_limit(target):
+            first = fn(*args)
+    if first is not None:
+        _STATE[verified] = {name: relative_error(value, ref.outputs[name])
+                            for name, value in zip(problem.outputs, first, strict=True)}
+    # else: the same compiled function on the same instance was checked already
+    errors: dict[str, float] = dict(_STATE[verified]) if job.verify else {}
     if job.verify:
-        for name, value in zip(problem.outputs, first, strict=True):
-            errors[name] = relative_error(value, ref.outputs[name])
         if any(e > tol for e in errors.values()):
             return Measurement(
                 "inaccurate", target.name, (), compile_s, errors, tol, flops,
@@ -205,27 +261,31 @@ def _short(exc: BaseException) -> str:
     return text if len(text) < 600 else text[:600] + "..."
 
 
-def dgemm_rate(n: int, target: str = "numba", repeats: int = 3) -> float:
-    """FLOP/s of a float64 n x n matrix product through ``target`` (best of ``repeats``): the
-    practical peak that defines the physical limit. For CPU targets the product is NumPy's
-    (the same BLAS) under the target's thread limit; for others it is a PyTensor ``dot``
-    compiled for the target and called like a plan (host arrays in, host arrays out)."""
+def dgemm_rate(n: int, target: str = "numba", repeats: int = 3,
+               dtype: str = "float64") -> float:
+    """FLOP/s of an n x n matrix product (DGEMM, or SGEMM for ``float32``) through ``target``
+    (best of ``repeats``): the practical peak that defines the physical limit. For CPU
+    targets the product is NumPy's (the same BLAS) under the target's thread limit; for
+    others it is a PyTensor ``dot`` compiled for the target and called like a plan (host
+    arrays in, host arrays out)."""
     import numpy as np
 
+    from .faults import fault
     from .targets import compile_function, parse_target, thread_limit
 
     t = parse_target(target)
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n))
-    b = rng.standard_normal((n, n))
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
     if t.device == "cpu" and t.backend in ("numba", "c"):
         fn = np.matmul
     else:
         import pytensor.tensor as pt
 
-        x = pt.matrix("a", shape=(n, n), dtype="float64")
-        y = pt.matrix("b", shape=(n, n), dtype="float64")
+        x = pt.matrix("a", shape=(n, n), dtype=dtype)
+        y = pt.matrix("b", shape=(n, n), dtype=dtype)
         fn = compile_function(t, [x, y], pt.dot(x, y))
+    fault("dgemm")
     with thread_limit(t):
         fn(a, b)
         best = float("inf")
@@ -236,12 +296,30 @@ def dgemm_rate(n: int, target: str = "numba", repeats: int = 3) -> float:
     return 2.0 * n**3 / best
 
 
-def _worker_main(conn, heap: str = "system") -> None:  # pragma: no cover - in the child
+def _die_with_parent() -> None:  # pragma: no cover - in the child
+    """Linux: the kernel sends this process SIGKILL when its parent dies (however it dies),
+    so a killed run leaves no orphan worker."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main(conn, heap: str = "system", parent: int = 0) -> None:  # pragma: no cover
     import signal
 
     from .memory import set_heap_policy
 
+    _die_with_parent()
+    if parent and os.getppid() != parent:
+        return  # the parent died before prctl took effect
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     set_heap_policy(heap)  # before anything big is allocated
     while True:
         try:
@@ -250,24 +328,65 @@ def _worker_main(conn, heap: str = "system") -> None:  # pragma: no cover - in t
             return
         if msg is None:
             return
+        rid, body = msg
         try:
-            if isinstance(msg, Job):
-                result: Any = measure_in_process(msg)
+            result: Any = _handle(body)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(body, Job):
+                result = Measurement("crashed", body.target,
+                                     message=traceback.format_exc()[-600:])
             else:
-                result = dgemm_rate(*msg)
-        except Exception:  # noqa: BLE001
-            target = msg.target if isinstance(msg, Job) else "dgemm"
-            result = Measurement("crashed", target, message=traceback.format_exc()[-600:])
-        conn.send(result)
+                result = RemoteError(type(exc).__name__, str(exc)[:600])
+        conn.send((rid, result))
+
+
+@dataclass(frozen=True)
+class RemoteError:
+    """An exception raised by a worker request other than a measurement."""
+
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+def _handle(body: Any) -> Any:
+    """One worker request: a :class:`Job`, or ("gemm", n, target, repeats, dtype), ("flops",
+    source, origin, knobs, dims) or ("named", source, origin, dims)."""
+    if isinstance(body, Job):
+        return measure_in_process(body)
+    kind, *args = body
+    if kind == "gemm":
+        return dgemm_rate(*args)
+    if kind == "flops":
+        from .derive import derive
+
+        source, origin, knobs, dims = args
+        return derive(_problem(source, origin), knobs, dims).flops(dims)
+    if kind == "named":
+        from .space import NAMED_POINTS, named_point
+
+        source, origin, dims = args
+        problem = _problem(source, origin)
+        return {n: named_point(problem, n, dims) for n in NAMED_POINTS}
+    raise ValueError(f"unknown worker request {kind!r}")
 
 
 # -- in the parent -------------------------------------------------------------------------
 
 
 class Worker:
-    """A persistent child process that measures jobs; killed and restarted after a timeout
-    or a crash. Use as a context manager. ``heap``: the heap policy of the child process
-    (:mod:`autotune.memory`), under which every candidate is measured."""
+    """A persistent child process that measures jobs; killed and restarted after a timeout,
+    a crash or an interrupt. Use as a context manager. ``heap``: the heap policy of the
+    child process (:mod:`autotune.memory`), under which every candidate is measured.
+
+    Every request carries an id and the reply must carry the same: a reply left in the pipe
+    by an interrupted request is never taken for the answer to a later one. A request
+    interrupted in the parent (Ctrl-C, SIGTERM) kills the child before the interrupt goes
+    on, so the next request starts from a clean worker. The child dies with the parent
+    (``PR_SET_PDEATHSIG``), so no worker outlives a killed run.
+    """
 
     def __init__(self, timeout: float = 600.0, env: Mapping[str, str] | None = None,
                  heap: str = "system") -> None:
@@ -278,6 +397,8 @@ class Worker:
         self.heap = check_heap_policy(heap)
         self._proc: mp.Process | None = None
         self._conn = None
+        self._rid = 0
+        self.restarts = 0
 
     def _start(self) -> None:
         from .targets import configure_environment
@@ -288,7 +409,8 @@ class Worker:
         try:
             ctx = mp.get_context("spawn")
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, self.heap), daemon=True)
+            proc = ctx.Process(target=_worker_main, args=(child, self.heap, os.getpid()),
+                               daemon=True)
             proc.start()
         finally:
             for k, v in old.items():
@@ -298,6 +420,21 @@ class Worker:
                     os.environ[k] = v
         child.close()
         self._proc, self._conn = proc, parent
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def kill(self) -> None:
+        """Kill the child now (it is restarted by the next request)."""
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join()
+            self.restarts += 1
+        if self._conn is not None:
+            self._conn.close()
+        self._proc = self._conn = None
 
     def stop(self) -> None:
         if self._proc is not None:
@@ -310,6 +447,8 @@ class Worker:
             if self._proc.is_alive():
                 self._proc.kill()
                 self._proc.join()
+        if self._conn is not None:
+            self._conn.close()
         self._proc = self._conn = None
 
     def __enter__(self) -> Worker:
@@ -318,42 +457,89 @@ class Worker:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def dgemm_rate(self, n: int, target: str) -> float:
-        """The DGEMM rate measured in the worker (the process that times candidates)."""
-        if self._proc is None or not self._proc.is_alive():
-            self._start()
-        assert self._conn is not None
-        self._conn.send((n, target))
-        if not self._conn.poll(self.timeout):
-            raise MeasurementError("the DGEMM measurement did not finish")
-        result = self._conn.recv()
-        if isinstance(result, Measurement):
-            raise MeasurementError(f"the DGEMM measurement failed: {result.message}")
-        return float(result)
-
-    def measure(self, job: Job, timeout: float | None = None) -> Measurement:
+    def _request(self, body: Any, limit: float) -> tuple[str, Any]:
+        """Send one request and wait for its own reply: ("ok", result), ("timeout", None) or
+        ("died", exit code). An interrupt while waiting kills the child and propagates."""
         if self._proc is None or not self._proc.is_alive():
             self._start()
         assert self._conn is not None and self._proc is not None
-        limit = self.timeout if timeout is None else timeout
+        self._rid += 1
+        rid = self._rid
+        deadline = time.monotonic() + limit
         try:
-            self._conn.send(job)
-            if not self._conn.poll(limit):
-                self._proc.kill()
-                self._proc.join()
-                self._proc = self._conn = None
-                return Measurement("timeout", job.target, message=f"no result within {limit:.0f} s")
-            return self._conn.recv()
+            self._conn.send((rid, body))
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._conn.poll(left):
+                    self.kill()
+                    return "timeout", None
+                got, result = self._conn.recv()
+                if got == rid:
+                    return "ok", result
+                # a stale reply of an earlier, abandoned request: drop it
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
-            code = self._proc.exitcode if self._proc is not None else None
-            if self._proc is not None:
-                self._proc.join(1)
-                code = self._proc.exitcode
-            self._proc = self._conn = None
-            return Measurement(
-                "crashed", job.target,
-                message=f"the worker died (exit code {code}; out of memory or a crash)",
-            )
+            proc = self._proc
+            code = None
+            if proc is not None:
+                proc.join(1)
+                code = proc.exitcode
+            self.kill()
+            return "died", code
+        except BaseException:  # KeyboardInterrupt, SystemExit: the reply would go stale
+            self.kill()
+            raise
+
+    def dgemm_rate(self, n: int, target: str, dtype: str = "float64", repeats: int = 3,
+                   tries: int = 2) -> float:
+        """The GEMM rate measured in the worker (the process that times candidates); a worker
+        that dies while timing it is restarted and the measurement retried."""
+        why = ""
+        for _ in range(tries):
+            state, result = self._request(("gemm", n, target, repeats, dtype), self.timeout)
+            if state == "ok" and not isinstance(result, RemoteError):
+                return float(result)
+            why = str(result) if state == "ok" else self._why(state, result, self.timeout)
+        raise MeasurementError(f"the GEMM rate measurement failed: {why}")
+
+    @staticmethod
+    def _why(state: str, result: Any, limit: float) -> str:
+        if state == "timeout":
+            return f"no result within {limit:.0f} s"
+        return f"the worker died (exit code {result}; out of memory or a crash)"
+
+    def _derivation(self, body: tuple, timeout: float, what: str) -> Any:
+        from .errors import DerivationError
+
+        state, result = self._request(body, timeout)
+        if state == "ok" and not isinstance(result, RemoteError):
+            return result
+        why = str(result) if state == "ok" else self._why(state, result, timeout)
+        raise DerivationError(f"{what}: {why}")
+
+    def flops(self, problem: Any, knobs: Mapping[str, Any], dims: Mapping[str, int],
+              timeout: float) -> float:
+        """The candidate's FLOP count, derived in the worker (bounded by ``timeout``)."""
+        return float(self._derivation(
+            ("flops", problem.source, problem.origin, dict(knobs), dict(dims)), timeout,
+            "deriving the candidate failed"))
+
+    def named_points(self, problem: Any, dims: Mapping[str, int],
+                     timeout: float) -> dict[str, dict[str, Any]]:
+        """The named points' knobs (``flop-optimal`` derives candidates), in the worker."""
+        return dict(self._derivation(("named", problem.source, problem.origin, dict(dims)),
+                                     timeout, "deriving the named points failed"))
+
+    def measure(self, job: Job, timeout: float | None = None) -> Measurement:
+        limit = self.timeout if timeout is None else timeout
+        state, result = self._request(job, limit)
+        if state == "ok":
+            return result
+        if state == "timeout":
+            return Measurement("timeout", job.target, message=f"no result within {limit:.0f} s")
+        return Measurement(
+            "crashed", job.target,
+            message=f"the worker died (exit code {result}; out of memory or a crash)",
+        )
 
 
 def require_ok(m: Measurement) -> Measurement:

@@ -3,10 +3,11 @@ the final table, and the trials report."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import statistics
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,36 +34,40 @@ def _entry_json(e: Entry, samples: list[float] | None = None) -> dict[str, Any]:
     }
 
 
+def _limit_fields(result: SearchResult) -> dict[str, Any]:
+    rate = result.dgemm_flops
+    limit = result.fewest_flops / rate if rate and result.fewest_flops else None
+    return {
+        "fewest_flops": result.fewest_flops or None,
+        "dgemm_gflops": rate / 1e9 if rate else None,
+        "physical_limit_s": limit,
+        "limit_ratio": result.limit_ratio,
+    }
+
+
 def build_plan(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
                result: SearchResult) -> Plan:
-    from .reference import tolerance  # noqa: F401 - documents where the tolerance comes from
     from .targets import machine_fingerprint, parse_target
 
     best = result.best
     final = result.final.get(best.key) or list(best.measurement.samples)
     timing = _entry_json(best, final)
     timing["search_samples"] = list(best.measurement.samples)
-    baselines = {n: _entry_json(e, result.final.get(e.key)) for n, e in result.baselines.items()}
+    baselines = {n: {**_entry_json(e, result.final.get(e.key)), "variant": e.variant}
+                 for n, e in result.baselines.items()}
     speedups = {
         n: (b["median"] / timing["median"]) if b["median"] and timing["median"] else None
         for n, b in baselines.items()
     }
-    flops = best.measurement.flops
-    # the limit counts the fewest FLOPs measured for any candidate (the flop-optimal point
-    # among them), not the plan's own: a plan with spare FLOPs does not lower its bar
-    fewest = min([flops] + [e.measurement.flops for e in result.entries.values()
-                            if e.measurement.ok and e.measurement.flops] +
-                 [e.measurement.flops for e in result.baselines.values()
-                  if e.measurement.ok and e.measurement.flops]) if flops else flops
-    limit = fewest / result.dgemm_flops if result.dgemm_flops and fewest else None
     runners = sorted(
         (e for k, e in result.entries.items() if k != best.key and e.measurement.ok
-         and k in result.final),
+         and k in result.final and not e.name),
         key=lambda e: statistics.median(result.final[e.key]) if result.final[e.key] else math.inf,
     )
     storage = result.storage
     if "@" in storage:  # never store a password
         storage = storage.split("://")[0] + "://***@" + storage.split("@", 1)[1]
+    limit = _limit_fields(result)
     return Plan.build(
         problem={"name": problem.name, "source": problem.source, "sha256": problem.sha256,
                  "origin": problem.origin, "outputs": list(problem.outputs),
@@ -77,84 +82,199 @@ def build_plan(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
         accuracy={"errors": best.measurement.errors, "tolerance": best.measurement.tolerance,
                   "reference": "float64 NumPy/SciPy with LU solves, same random instance",
                   "seed": config.seed},
-        flops=flops,
-        fewest_flops=fewest,
-        dgemm_gflops=result.dgemm_flops / 1e9 if result.dgemm_flops else None,
-        physical_limit_s=limit,
-        limit_ratio=(timing["median"] / limit) if limit and timing["median"] else None,
+        flops=best.measurement.flops,
+        **limit,
+        limit_note=result.limit_note or None,
+        graph_fingerprint=best.measurement.graph or None,
         machine=machine_fingerprint(),
         environment={"heap": config.heap},
         runners_up=[_entry_json(e, result.final.get(e.key)) for e in runners[:5]],
         study={"name": result.study_name, "storage": storage, "trials": result.trials,
-               "interrupted": result.interrupted},
+               "interrupted": result.interrupted, "final_rounds": result.rounds,
+               "decided": result.decided},
     )
 
 
 def _job_process(problem_source: str, origin: str, dims: dict, config: SearchConfig) -> None:
     """An extra --jobs process: it tunes the same study and leaves the final round to the
-    main process."""
+    main process; it dies with the main process."""
+    from .measure import _die_with_parent
     from .spec import parse_problem
 
+    _die_with_parent()
     problem = parse_problem(problem_source, origin=origin)
-    config.final_round_top = 0
     with Worker(timeout=config.candidate_timeout, heap=config.heap) as w:
         try:
-            tune(problem, dims, config, w.measure, None)
-        except Exception:  # noqa: BLE001 - the main process reports
+            tune(problem, dims, config, w.measure, None, derivations=w, final=False)
+        except KeyboardInterrupt:
             pass
+
+
+def _incumbent(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
+               console) -> Entry | None:
+    """The stored plan a new run could replace, as a contender of the final round (it is
+    replaced only by a plan at least as good, timed side by side); None when there is none,
+    or when it cannot run here (another problem text, a target not offered, old knobs)."""
+    from .errors import AutotuneError
+    from .measure import Measurement
+    from .plan import plan_filename
+    from .space import normalize_knobs
+
+    path = config.out / plan_filename(problem.name, dims, config.dtype)
+    if not path.exists():
+        return None
+    try:
+        plan = read_plan(path)
+        if plan.content["problem"]["sha256"] != problem.sha256 or plan.target not in \
+                config.targets or plan.heap != config.heap:
+            console.print(f"the stored plan {path} was tuned for another problem text, target "
+                          "or heap policy: the new plan replaces it")
+            return None
+        knobs = normalize_knobs(problem, plan.params, dims)
+    except AutotuneError as exc:
+        console.print(f"the stored plan {path} cannot be re-timed ({exc}): the new plan "
+                      "replaces it")
+        return None
+    return Entry(knobs, plan.target, Measurement("ok", plan.target), "stored")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C: the run decides on what was timed and keeps its plan."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _start_jobs(problem: Problem, dims: dict, config: SearchConfig, jobs: int,
+                derivations: Any) -> list[mp.Process]:
+    from .search import prepare_study
+
+    prepare_study(problem, dims, config)  # the named points are enqueued once, here
+    ctx = mp.get_context("spawn")
+    extra = []
+    for i in range(jobs - 1):
+        cfg = SearchConfig(**{**config.__dict__, "seed": config.seed + i + 1, "enqueue": False,
+                              "incumbent": None})
+        proc = ctx.Process(target=_job_process, args=(problem.source, problem.origin, dims, cfg))
+        proc.start()
+        extra.append(proc)
+    return extra
 
 
 def run_tuning(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
                jobs: int = 1, quiet: bool = False) -> Path:
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .faults import fault
+    from .plan import plan_filename
 
     console = Console(stderr=True)
     dims = dict(dims)
-    extra: list[mp.Process] = []
-    if jobs > 1:
-        from .search import prepare_study
-
-        prepare_study(problem, dims, config)  # the named points are enqueued once, here
-        ctx = mp.get_context("spawn")
-        for i in range(jobs - 1):
-            cfg = SearchConfig(**{**config.__dict__, "seed": config.seed + i + 1,
-                                  "trials": max(1, config.trials // jobs), "enqueue": False})
-            proc = ctx.Process(target=_job_process,
-                               args=(problem.source, problem.origin, dims, cfg))
-            proc.start()
-            extra.append(proc)
-        config.trials = max(1, config.trials - (jobs - 1) * max(1, config.trials // jobs))
     console.print(
         f"[bold]autotune[/bold] {problem.name} "
         + " ".join(f"{k}={v}" for k, v in dims.items())
         + f" {config.dtype}; targets: {', '.join(config.targets)}; "
-        f"budget {config.trials} trials / {config.timeout:.0f} s"
+        f"budget {config.trials} trials / {config.timeout:.0f} s (final round included)"
     )
+    config.incumbent = _incumbent(problem, dims, config, console)
+    extra: list[mp.Process] = []
+    with _sigterm_as_interrupt(), Worker(timeout=config.candidate_timeout,
+                                         heap=config.heap) as worker:
+        try:
+            if jobs > 1:
+                extra = _start_jobs(problem, dims, config, jobs, worker)
+            with _progress(console, config, quiet) as on_progress:
+                result = tune(problem, dims, config, worker.measure, worker.dgemm_rate,
+                              on_progress, derivations=worker)
+        finally:
+            for proc in extra:
+                proc.join(5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+        assert result is not None
+        path = config.out / plan_filename(problem.name, dims, config.dtype)
+        with _deferred_signals() as caught:  # what was decided is written, whatever comes
+            if result.kept_incumbent:
+                console.print(f"the stored plan {path} was timed against the new candidates "
+                              "and is still the best: kept unchanged")
+            else:
+                plan = build_plan(problem, dims, config, result)
+                fault("save")
+                path = save_plan(plan, config.out)
+        if caught:
+            console.print(f"interrupted ({', '.join(caught)}) while the plan was being written: "
+                          "it was written first")
+    _write_trials(config, result.study_name, result.storage)
+    _print_summary(read_plan(path), path, console)
+    return path
+
+
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[list[str]]:
+    """SIGINT and SIGTERM are noted, not acted on, inside the block (the main thread only)."""
+    import signal
+    import threading
+
+    caught: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        caught.append(signal.Signals(signum).name)
+
+    old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _progress(console, config: SearchConfig, quiet: bool) -> Iterator[Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                         TextColumn("{task.fields[status]}"), console=console, disable=quiet)
     task = progress.add_task("search", total=config.trials, status="")
+    final = progress.add_task("final round", total=config.final_round_repeats, status="",
+                              visible=False)
 
     def on_progress(ev: dict[str, Any]) -> None:
-        left = max(0.0, ev["timeout"] - ev["elapsed"])
-        best = ev["best"]
-        best_s = f"{best:.3f} s" if math.isfinite(best) else "-"
-        name = f" [{ev['named']}]" if ev.get("named") else ""
-        progress.update(task, completed=ev["trial"],
-                        status=f"best {best_s} | last {ev['state']}{name} | {left:.0f} s left")
+        phase = ev.get("phase")
+        if phase == "start":
+            left = max(0, ev["of"] - ev["done"])
+            progress.update(task, completed=ev["done"],
+                            status=f"{ev['done']} done, {left} to go")
+        elif phase == "search":
+            best = ev["best"]
+            best_s = f"{best:.3f} s" if math.isfinite(best) else "-"
+            name = f" [{ev['named']}]" if ev.get("named") else ""
+            progress.update(task, completed=ev["trial"],
+                            status=f"best {best_s} | last {ev['state']}{name} | "
+                                   f"{max(0.0, ev['left']):.0f} s left")
+        elif phase == "final":
+            progress.update(final, visible=True, completed=ev["round"], total=ev["of"],
+                            status="interleaved re-timing")
 
-    with Worker(timeout=config.candidate_timeout, heap=config.heap) as worker, progress:
-        try:
-            result = tune(problem, dims, config, worker.measure, worker.dgemm_rate, on_progress)
-        finally:
-            for proc in extra:
-                proc.join()
-    plan = build_plan(problem, dims, config, result)
-    path = save_plan(plan, config.out)
-    _write_trials(config, result.study_name, result.storage)
-    _print_summary(plan, path, console)
-    return path
+    with progress:
+        yield on_progress
 
 
 def _write_trials(config: SearchConfig, name: str, storage: str) -> Path | None:
@@ -170,40 +290,62 @@ def _write_trials(config: SearchConfig, name: str, storage: str) -> Path | None:
     return path
 
 
+#: How the run summary names each baseline (the order of its rows).
+BASELINE_LABELS = {
+    "numpy": "NumPy as written",
+    "naive": "naive: the formula as written, PyTensor",
+    "pytensor": "PyTensor, declared assumptions + its own rewrites",
+    "seed-2x2": "seed-2x2: the 2013 halves",
+    "flop-optimal": "flop-optimal: the cost model's best",
+    "stored": "the stored plan it replaces",
+}
+
+
 def _print_summary(plan: Plan, path: Path, console, written: bool = True) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     c = plan.content
     table = Table(title=f"{c['problem']['name']} "
                   + " ".join(f"{k}={v}" for k, v in c["dims"].items()))
-    for col in ("computation", "target", "median", "IQR", "speedup of plan", "max rel. error"):
+    for col in ("computation", "target", "median", "IQR", "plan's speedup", "max rel. error"):
         table.add_column(col)
 
     def row(name: str, e: Mapping[str, Any], speed: float | None) -> None:
         errs = e.get("errors") or {}
         err = f"{max(errs.values()):.1e}" if errs else "-"
-        table.add_row(name, str(e.get("target")), _fmt(e.get("median")), _fmt(e.get("iqr")),
+        status = e.get("status", "ok")
+        median = _fmt(e.get("median")) if status == "ok" else escape(str(status))
+        table.add_row(name, str(e.get("target")), median, _fmt(e.get("iqr")),
                       f"{speed:.2f}x" if speed else "-", err)
 
-    for n, b in c["baselines"].items():
-        row(n, b, c["speedups"].get(n))
+    baselines = c["baselines"]
+    for n in sorted(baselines, key=lambda n: list(BASELINE_LABELS).index(n)
+                    if n in BASELINE_LABELS else len(BASELINE_LABELS)):
+        row(escape(BASELINE_LABELS.get(n, n)), baselines[n], c["speedups"].get(n))
     row("[bold]plan[/bold]", {**c["timing"], "target": c["target"]["name"]}, None)
     console.print(table)
-    if c.get("physical_limit_s"):
-        from .graph import _fmt_gflop
+    _print_limit(c, console)
+    if written:
+        console.print(f"plan written to [bold]{escape(str(path))}[/bold]")
+        print(path)
 
-        fewest = c.get("fewest_flops") or c["flops"]
-        also = (f" (fewest of any candidate {_fmt_gflop(fewest / 1e9)})"
-                if fewest < c["flops"] else "")
+
+def _print_limit(c: Mapping[str, Any], console) -> None:
+    from .graph import _fmt_gflop
+
+    fewest = c.get("fewest_flops") or c["flops"]
+    also = (f" (fewest of any candidate {_fmt_gflop(fewest / 1e9)})"
+            if fewest and fewest < c["flops"] else "")
+    gemm = "SGEMM" if c.get("dtype") == "float32" else "DGEMM"
+    if c.get("limit_ratio"):
         console.print(
             f"{_fmt_gflop(c['flops'] / 1e9)}{also}; physical limit "
-            f"{_fmt(c['physical_limit_s'])} at "
-            f"{c['dgemm_gflops']:.0f} GFLOP/s DGEMM; the plan runs at "
-            f"{c['limit_ratio']:.2f}x the limit"
+            f"{_fmt(c['physical_limit_s'])} at {c['dgemm_gflops']:.0f} GFLOP/s {gemm} timed "
+            f"in the same rounds; the plan runs at {c['limit_ratio']:.2f}x the limit"
         )
-    if written:
-        console.print(f"plan written to [bold]{path}[/bold]")
-        print(path)
+    elif c.get("limit_note"):
+        console.print(f"{_fmt_gflop(c['flops'] / 1e9)}{also}; {c['limit_note']}")
 
 
 def _fmt(x: float | None) -> str:

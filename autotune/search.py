@@ -5,42 +5,55 @@
 * the cost model prunes what cannot win (predicted time from FLOPs and the best FLOP rate a
   candidate reached on the same target), and a low-fidelity screen (a quarter of the size)
   drops candidates clearly slower than the best;
-* failures (compile errors, inaccurate answers, crashes, timeouts) are recorded trials with
-  their reason, never the end of the run;
-* a final round re-times the best few and the baselines interleaved (A B C A B C ...) before
-  choosing, so the winner is not a lucky sample.
+* a candidate whose compiled graph was already measured (two knob settings that compile to
+  one program) is measured once: the worker answers with the earlier measurement;
+* failures (derivation or compile errors, inaccurate answers, crashes, timeouts, a dead
+  worker) are recorded trials with their reason, never the end of the run;
+* ``trials`` is the size of the study: a resumed study counts the trials it has (12 done,
+  18 to go), and several processes on one study stop together at that count;
+* ``timeout`` bounds the whole run: the search stops early enough to leave the final round
+  its time (:mod:`autotune.contest`), which re-times the best few, the baselines and the
+  stored plan interleaved and decides by LAAB's significance rule, then fewer FLOPs.
 
 The study lives in an SQLite file under the output folder by default (``--storage`` takes
 any Optuna RDB URL, PostgreSQL included), so a run can be resumed and several processes can
-tune one study. Measurement is injected (``measure``), so the search logic can be tested
-with a fake, noiseless backend.
+tune one study. Measurement is injected (``measure``), and so are the derivations the search
+needs (``derivations``: the FLOP count of a candidate, the named points), so the search logic
+can be tested with a fake, noiseless backend and a tuning run derives nothing in its main
+process: the worker does, under the candidate timeout.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .contest import Contest, Entry, estimate_round, run_final_round
 from .errors import AutotuneError
 from .measure import Job, Measurement, TimingPolicy
 from .space import NAMED_POINTS, knob_space, named_point
 from .spec import Problem
+from .stats import limit_ratio
 
-__all__ = ["SearchConfig", "SearchResult", "tune", "study_name", "space_for"]
+__all__ = ["SearchConfig", "SearchResult", "Entry", "Derivations", "tune", "study_name",
+           "space_for", "prepare_study", "open_storage", "BASELINE_VARIANTS"]
 
 TARGET_PARAM = "target"
+#: Baselines that are not candidates: timed in the final round next to the named points.
+BASELINE_VARIANTS = {"pytensor": "pytensor", "numpy": "numpy"}
+#: Trial states and statuses that did not cost the budget.
+_FREE = ("duplicate",)
 
 
 @dataclass
 class SearchConfig:
-    trials: int = 24
-    timeout: float = 600.0  # seconds for the search phase
+    trials: int = 24  # the study's size: finished trials, counting a resumed study's
+    timeout: float = 600.0  # seconds for the whole run, final round included
     targets: Sequence[str] = ("numba",)
     dtype: str = "float64"
     seed: int = 0
@@ -48,25 +61,14 @@ class SearchConfig:
     out: Path = Path("results")
     final_round_top: int = 3
     enqueue: bool = True  # enqueue the named points (and, for small spaces, every point)
-    final_round_repeats: int = 3
+    final_round_repeats: int = 5  # interleaved rounds at least (budget allowing)
+    final_round_max: int = 15  # rounds at most, while the contenders are undecided
     low_fidelity: bool = True
     policy: TimingPolicy = field(default_factory=TimingPolicy)
     candidate_timeout: float = 300.0
     heap: str = "retain"  # the workers' heap policy (autotune.memory), recorded in the plan
-
-
-@dataclass
-class Entry:
-    """A measured candidate: knobs + target and its measurement at the full size."""
-
-    knobs: dict[str, Any]
-    target: str
-    measurement: Measurement
-    name: str = ""
-
-    @property
-    def key(self) -> str:
-        return repr((sorted(self.knobs.items()), self.target))
+    baselines: Sequence[str] = ("pytensor", "numpy")  # variants timed in the final round
+    incumbent: Entry | None = None  # the stored plan, re-timed against the new candidates
 
 
 @dataclass
@@ -79,7 +81,28 @@ class SearchResult:
     storage: str
     trials: int
     interrupted: bool = False
-    dgemm_flops: float = 0.0
+    dgemm_flops: float = 0.0  # the GEMM rate on the plan's target (SGEMM for float32)
+    fewest_flops: float = 0.0
+    limit_ratio: float | None = None
+    limit_note: str = ""
+    rounds: int = 0
+    decided: bool = True
+    kept_incumbent: bool = False
+
+
+class Derivations:
+    """The derivations the search asks for, in this process (tests, fakes). A tuning run
+    passes the worker's (:class:`autotune.measure.Worker`), with the same two methods."""
+
+    def flops(self, problem: Problem, knobs: Mapping[str, Any], dims: Mapping[str, int],
+              timeout: float) -> float:
+        from .derive import derive
+
+        return derive(problem, knobs, dims).flops(dims)
+
+    def named_points(self, problem: Problem, dims: Mapping[str, int],
+                     timeout: float) -> dict[str, dict[str, Any]]:
+        return {n: named_point(problem, n, dims) for n in NAMED_POINTS}
 
 
 def study_name(problem: Problem, dims: Mapping[str, int], dtype: str,
@@ -111,136 +134,63 @@ def _low_dims(problem: Problem, dims: Mapping[str, int]) -> dict[str, int] | Non
     return low if max(low.values()) < max(dims.values()) else None
 
 
+@dataclass
+class _State:
+    """What the search loop knows: measured entries, the best time, the calibrated rates."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    best: float = math.inf
+    low_best: float = math.inf
+    rates: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, float] = field(default_factory=dict)
+    settled: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+
+
 def tune(
     problem: Problem,
     dims: Mapping[str, int],
     config: SearchConfig,
     measure: Callable[[Job, float], Measurement],
-    dgemm_rate: Callable[[int, str], float] | None = None,
+    dgemm_rate: Callable[..., float] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> SearchResult:
-    """Run the study and the final round; return the result (the caller writes the plan)."""
+    derivations: Derivations | None = None,
+    final: bool = True,
+) -> SearchResult | None:
+    """Run the study and the final round; return the result (the caller writes the plan).
+
+    ``dgemm_rate(n, target, dtype=...)`` times a GEMM (FLOP/s) for the physical limit.
+    ``final=False``: the search only (an extra process of ``--jobs``), returns None."""
     import optuna
-    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    derivations = derivations or Derivations()
     dims = dict(dims)
+    start = clock()
+    deadline = start + config.timeout
     space = space_for(problem, dims, config.targets)
     name = study_name(problem, dims, config.dtype, config.heap)
     storage = config.storage or f"sqlite:///{(config.out / 'autotune.db').resolve()}"
     config.out.mkdir(parents=True, exist_ok=True)
-    total = _space_size(space)
-    exhaustive = total <= config.trials
-    if exhaustive:  # every point is enqueued below; the sampler is never asked
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=config.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=config.seed)
+    exhaustive = _space_size(space) <= config.trials
+    sampler: optuna.samplers.BaseSampler = (
+        optuna.samplers.RandomSampler(seed=config.seed) if exhaustive
+        else optuna.samplers.TPESampler(seed=config.seed))
     study = prepare_study(problem, dims, config, space, sampler, storage, name)
-    default_target = config.targets[0]
-    baselines_knobs = {n: named_point(problem, n, dims) for n in NAMED_POINTS}
-
-    low = _low_dims(problem, dims) if config.low_fidelity else None
-    entries: dict[str, Entry] = {}
-    low_best = math.inf
-    best = math.inf
-    # the cost model, calibrated per target: the best FLOP rate a candidate reached there
-    rates: dict[str, float] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        best = min(best, t.value)
-        _restore(t, entries)
-    for e in entries.values():
-        _calibrate(rates, e)
-    start = clock()
-    interrupted = False
-    done = 0
-    repeats = 0  # consecutive proposals of points already measured
-    seen = {_params_key(t.params): t.value
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    # points pruned or failed in this run: a sampler's repeat of one is answered with the
-    # same state instead of being judged again (the sampler's repeats of a small space
-    # would otherwise spend the whole budget re-pruning the same points)
-    settled: dict[str, Any] = {}
-    try:
-        while done < config.trials and clock() - start < config.timeout:
-            trial = study.ask({k: optuna.distributions.CategoricalDistribution(v)
-                               for k, v in space.items()})
-            knobs = {k: v for k, v in trial.params.items() if k != TARGET_PARAM}
-            target = trial.params[TARGET_PARAM]
-            named = trial.user_attrs.get("named", "")
-            pkey = _params_key(trial.params)
-            if not named and (pkey in seen or pkey in settled):
-                # the sampler proposed a point already measured (or pruned, or failed): tell
-                # it the known outcome instead of spending the budget on it again
-                trial.set_user_attr("status", "duplicate")
-                if pkey in seen:
-                    study.tell(trial, seen[pkey])
-                else:
-                    study.tell(trial, state=settled[pkey])
-                repeats += 1
-                if repeats >= 50:
-                    break  # the sampler keeps returning to measured points: the space is done
-                continue
-            repeats = 0
-            done += 1
-            full_knobs = {**baselines_knobs["flop-optimal"], **knobs}
-            if named:
-                full_knobs = {**baselines_knobs[named], **knobs}
-            state, value, info = _evaluate(
-                problem, dims, low, full_knobs, target, config, measure, rates.get(target, 0.0),
-                best, low_best, exempt=bool(named),
-            )
-            for k, v in info.items():
-                trial.set_user_attr(k, v)
-            if named:
-                trial.set_user_attr("named", named)
-            if "low_median" in info and info.get("low_status") == "ok":
-                low_best = min(low_best, info["low_median"])
-            if state == "ok":
-                best = min(best, value)
-                seen[pkey] = value
-                study.tell(trial, value)
-                m = Measurement.from_json(info["measurement"])
-                e = Entry(full_knobs, target, m, named or "")
-                entries[e.key] = e
-                _calibrate(rates, e)
-            elif state == "pruned":
-                settled[pkey] = TrialState.PRUNED
-                study.tell(trial, state=TrialState.PRUNED)
-            else:
-                settled[pkey] = TrialState.FAIL
-                study.tell(trial, state=TrialState.FAIL)
-            if progress:
-                progress({"trial": done, "of": config.trials, "best": best, "state": state,
-                          "elapsed": clock() - start, "timeout": config.timeout,
-                          "named": named, "info": info})
-    except KeyboardInterrupt:
-        interrupted = True
-    if not entries:
-        raise AutotuneError(
-            "no candidate finished successfully; see the trials table (autotune report) for "
-            "the reasons"
-        )
-    final, baselines, interrupted = _final_round(problem, dims, entries, baselines_knobs,
-                                                 default_target, config, measure, interrupted)
-    best_key = min(
-        (k for k in final if entries[k].measurement.ok),
-        key=lambda k: statistics.median(final[k]) if final[k] else math.inf,
-    )
-    best_entry = entries[best_key]
-    rate = dgemm_rate(max(dims.values()), best_entry.target) if dgemm_rate else 0.0
-    return SearchResult(best_entry, final, entries, baselines, name, storage,
-                        len(study.trials), interrupted, rate)
-
-
-def _params_key(params: Mapping[str, Any]) -> str:
-    return repr(sorted(params.items()))
-
-
-def _calibrate(rates: dict[str, float], e: Entry) -> None:
-    m = e.measurement
-    if m.ok and m.samples and m.flops:
-        rates[e.target] = max(rates.get(e.target, 0.0), m.flops / m.median)
+    baselines_knobs = _named_points(problem, dims, config, derivations)
+    state = _resume(study)
+    _search(problem, dims, config, study, space, baselines_knobs, state, measure, derivations,
+            progress, clock, deadline)
+    if not final:
+        return None
+    if not any(e.measurement.ok for e in state.entries.values()):
+        raise AutotuneError(_no_candidate_message(study))
+    contenders = _contenders(state.entries, baselines_knobs, config)
+    contest = _final(problem, dims, config, contenders, state, measure, dgemm_rate, progress,
+                     clock, deadline)
+    return _result(problem, dims, config, study, storage, name, state, contenders, contest,
+                   dgemm_rate)
 
 
 def prepare_study(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
@@ -282,6 +232,146 @@ def open_storage(url: str) -> Any:
     return url
 
 
+
+
+def _named_points(problem, dims, config, derivations) -> dict[str, dict[str, Any]]:
+    """The named points, derived by ``derivations`` (the worker, in a run). Should that fail
+    (a derivation error, or no answer within the candidate timeout), the points that need
+    no derivation stand, and ``flop-optimal`` is the default candidate."""
+    from .space import default_knobs
+
+    try:
+        return derivations.named_points(problem, dims, config.candidate_timeout)
+    except AutotuneError:
+        return {"naive": named_point(problem, "naive", dims),
+                "seed-2x2": named_point(problem, "seed-2x2", dims),
+                "flop-optimal": default_knobs(problem, dims)}
+
+
+def _params_key(params: Mapping[str, Any]) -> str:
+    return repr(sorted(params.items()))
+
+
+def _calibrate(rates: dict[str, float], e: Entry) -> None:
+    m = e.measurement
+    if m.ok and m.samples and m.flops:
+        rates[e.target] = max(rates.get(e.target, 0.0), m.flops / m.median)
+
+
+def count_done(study: Any) -> int:
+    """Trials of the study that cost the budget: finished or running, not the duplicates
+    answered from the study."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states)
+               if t.user_attrs.get("status") not in _FREE)
+
+
+def _resume(study: Any) -> _State:
+    """What the study already knows (a resumed run, or other processes' trials)."""
+    from optuna.trial import TrialState
+
+    st = _State()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        st.best = min(st.best, t.value)
+        st.seen[_params_key(t.params)] = t.value
+        _restore(t, st.entries)
+    for e in st.entries.values():
+        _calibrate(st.rates, e)
+    return st
+
+
+def _reserve(st: _State, config: SearchConfig, n_baselines: int) -> float:
+    """Seconds to keep for the final round: its rounds over the contenders known so far (a
+    baseline not timed yet counted at the slowest time seen)."""
+    ok = sorted((e for e in st.entries.values() if e.measurement.ok and e.measurement.samples),
+                key=lambda e: e.measurement.median)
+    if not ok:
+        return 0.0
+    slowest = max(e.measurement.median for e in ok)
+    top = {e.key: e for e in ok[: config.final_round_top]}
+    per_round = estimate_round(top, slowest) + n_baselines * slowest
+    return (config.final_round_repeats + 1) * per_round
+
+
+def _search(problem, dims, config, study, space, baselines_knobs, st: _State, measure,
+            derivations, progress, clock, deadline) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    low = _low_dims(problem, dims) if config.low_fidelity else None
+    dist = {k: optuna.distributions.CategoricalDistribution(v) for k, v in space.items()}
+    n_baselines = len(NAMED_POINTS) + len(config.baselines) + (config.incumbent is not None)
+    repeats = 0  # consecutive proposals of points already measured
+    if progress:
+        progress({"phase": "start", "done": count_done(study), "of": config.trials})
+    while repeats < 50:  # the sampler keeps returning to measured points: the space is done
+        done = count_done(study)
+        if done >= config.trials or clock() + _reserve(st, config, n_baselines) >= deadline:
+            break
+        trial = None
+        try:
+            trial = study.ask(dist)
+            measured = _trial(trial, problem, dims, low, config, study, baselines_knobs, st,
+                              measure, derivations)
+        except KeyboardInterrupt:
+            st.interrupted = True
+            if trial is not None:  # the trial in flight is recorded, never left RUNNING
+                trial.set_user_attr("status", "interrupted")
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            break
+        repeats = 0 if measured else repeats + 1
+        if progress and measured:
+            progress({"phase": "search", "trial": count_done(study), "of": config.trials,
+                      "best": st.best, "state": trial.user_attrs.get("status", ""),
+                      "left": deadline - clock(), "named": trial.user_attrs.get("named", ""),
+                      "info": dict(trial.user_attrs)})
+
+
+def _trial(trial, problem, dims, low, config, study, baselines_knobs, st: _State, measure,
+           derivations) -> bool:
+    """Evaluate one proposed trial and tell the study; False for a duplicate proposal."""
+    from optuna.trial import TrialState
+
+    from .faults import fault
+
+    knobs = {k: v for k, v in trial.params.items() if k != TARGET_PARAM}
+    target = trial.params[TARGET_PARAM]
+    named = trial.user_attrs.get("named", "")
+    pkey = _params_key(trial.params)
+    if not named and (pkey in st.seen or pkey in st.settled):
+        # the sampler proposed a point already measured (or pruned, or failed): tell it the
+        # known outcome instead of spending the budget on it again
+        trial.set_user_attr("status", "duplicate")
+        if pkey in st.seen:
+            study.tell(trial, st.seen[pkey])
+        else:
+            study.tell(trial, state=st.settled[pkey])
+        return False
+    fault("trial")
+    full = {**baselines_knobs[named or "flop-optimal"], **knobs}
+    state, value, info = _evaluate(problem, dims, low, full, target, config, measure,
+                                   derivations, st, exempt=bool(named))
+    for k, v in info.items():
+        trial.set_user_attr(k, v)
+    if named:
+        trial.set_user_attr("named", named)
+    if "low_median" in info and info.get("low_status") == "ok":
+        st.low_best = min(st.low_best, info["low_median"])
+    if state == "ok":
+        st.best = min(st.best, value)
+        st.seen[pkey] = value
+        study.tell(trial, value)
+        e = Entry(full, target, Measurement.from_json(info["measurement"]), named or "")
+        st.entries[e.key] = e
+        _calibrate(st.rates, e)
+    else:
+        st.settled[pkey] = TrialState.PRUNED if state == "pruned" else TrialState.FAIL
+        study.tell(trial, state=st.settled[pkey])
+    return True
+
+
 def _restore(t: Any, entries: dict[str, Entry]) -> None:
     """Rebuild an entry from a finished trial of an earlier (resumed) run."""
     m = t.user_attrs.get("measurement")
@@ -293,18 +383,19 @@ def _restore(t: Any, entries: dict[str, Entry]) -> None:
     entries[e.key] = e
 
 
-def _evaluate(problem, dims, low, knobs, target, config, measure, rate, best, low_best,
+def _evaluate(problem, dims, low, knobs, target, config, measure, derivations, st: _State,
               exempt: bool) -> tuple[str, float, dict[str, Any]]:
-    from .derive import derive
-    from .errors import KnobError
-
     info: dict[str, Any] = {"knobs": knobs}
     try:
-        flops = derive(problem, knobs, dims).flops(dims)
-    except KnobError as exc:
-        info.update(status="invalid", message=str(exc))
+        flops = derivations.flops(problem, knobs, dims, config.candidate_timeout)
+    except Exception as exc:  # noqa: BLE001 - a candidate that cannot be derived is recorded
+        from .errors import KnobError
+
+        status = "invalid" if isinstance(exc, KnobError) else "derivation_error"
+        info.update(status=status, message=f"{type(exc).__name__}: {exc}"[:600])
         return "fail", math.inf, info
     info["flops"] = flops
+    best, rate = st.best, st.rates.get(target, 0.0)
     if rate and not exempt and math.isfinite(best):
         # the fastest this target ever ran, applied to this candidate's FLOPs: an optimistic
         # prediction, so only candidates that cannot win are dropped
@@ -317,18 +408,21 @@ def _evaluate(problem, dims, low, knobs, target, config, measure, rate, best, lo
     if low is not None:
         m_low = measure(Job(*src, low, knobs, target, config.dtype, config.seed,
                             TimingPolicy(warmup=1, min_repeats=3, max_repeats=5,
-                                         max_seconds=5.0)), config.candidate_timeout)
+                                         max_seconds=5.0), reuse_graph=True),
+                        config.candidate_timeout)
         info.update(low_status=m_low.status, low_median=m_low.median if m_low.samples else None)
         if m_low.status not in ("ok", "slow"):
             info.update(status=m_low.status, message=m_low.message, errors=m_low.errors)
             return "fail", math.inf, info
-        if not exempt and math.isfinite(low_best) and m_low.median > 1.5 * low_best:
+        if not exempt and math.isfinite(st.low_best) and m_low.median > 1.5 * st.low_best:
             info.update(status="pruned", message="low-fidelity screen: clearly slower")
             return "pruned", math.inf, info
     m = measure(Job(*src, dims, knobs, target, config.dtype, config.seed, config.policy,
-                    best if math.isfinite(best) and not exempt else None),
+                    best if math.isfinite(best) and not exempt else None, reuse_graph=True),
                 config.candidate_timeout)
     info.update(status=m.status, message=m.message, measurement=m.to_json())
+    if m.graph:
+        info["graph"] = m.graph
     if m.status == "ok":
         return "ok", m.median, info
     if m.status == "slow":
@@ -336,48 +430,105 @@ def _evaluate(problem, dims, low, knobs, target, config, measure, rate, best, lo
     return "fail", math.inf, info
 
 
-def _final_round(problem, dims, entries, baselines_knobs, default_target, config, measure,
-                 interrupted: bool):
-    """Re-time the best few and the baselines, interleaved."""
-    ranked = sorted((e for e in entries.values() if e.measurement.ok),
-                    key=lambda e: e.measurement.median)
-    top = ranked[: config.final_round_top]
-    baselines: dict[str, Entry] = {}
-    for n, knobs in baselines_knobs.items():
-        e = Entry(knobs, default_target, Measurement("ok", default_target), n)
+def _no_candidate_message(study: Any) -> str:
+    """'no candidate finished successfully' with the reasons: counts by status and the first
+    message of each."""
+    counts: dict[str, int] = {}
+    first: dict[str, str] = {}
+    for t in study.get_trials(deepcopy=False):
+        status = t.user_attrs.get("status")
+        if not status or status in _FREE:
+            continue
+        counts[status] = counts.get(status, 0) + 1
+        first.setdefault(status, str(t.user_attrs.get("message", "")).splitlines()[0][:200]
+                         if t.user_attrs.get("message") else "")
+    if not counts:
+        return ("no candidate finished successfully: no trial was measured (the budget ended "
+                "first; raise --timeout or --trials)")
+    parts = [f"{n} {s}" + (f" (first: {first[s]})" if first[s] else "")
+             for s, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    return "no candidate finished successfully: " + "; ".join(parts)
+
+
+def _contenders(entries: dict[str, Entry], baselines_knobs: Mapping[str, dict[str, Any]],
+                config: SearchConfig) -> dict[str, Entry]:
+    """The final round's field: the best few candidates, the named points, the baseline
+    variants and the stored plan (an entry measured in the search keeps its measurement)."""
+    target = config.targets[0]
+    ranked = sorted((e for e in entries.values() if e.measurement.ok
+                     and e.variant == "candidate"), key=lambda e: e.measurement.median)
+    out = {e.key: e for e in ranked[: config.final_round_top]}
+    fresh = [Entry(knobs, target, Measurement("ok", target), n)
+             for n, knobs in baselines_knobs.items()]
+    fresh += [Entry(baselines_knobs["naive"], target, Measurement("ok", target), v, v)
+              for v in config.baselines]
+    if config.incumbent is not None:
+        fresh.append(config.incumbent)
+    for e in fresh:
         existing = entries.get(e.key)
-        baselines[n] = existing or e
-        entries.setdefault(e.key, baselines[n])
-    contenders = {e.key: e for e in itertools.chain(top, baselines.values())}
-    samples: dict[str, list[float]] = {k: [] for k in contenders}
-    repeats = 1 if interrupted else config.final_round_repeats
-    one = TimingPolicy(warmup=0, min_repeats=1, max_repeats=1)
+        out[e.key] = existing if existing is not None else e
+        if existing is not None and not existing.name:
+            existing.name = e.name
+    return out
+
+
+def _final(problem, dims, config, contenders, st: _State, measure, dgemm_rate, progress,
+           clock, deadline) -> Contest:
+    from .errors import MeasurementError
+
     src = (problem.source, problem.origin)
-    try:
-        _interleave(contenders, samples, entries, baselines, repeats, one, src, dims, config,
-                    measure)
-    except KeyboardInterrupt:  # Ctrl-C in the final round: decide on what was timed
-        interrupted = True
-    for k, e in contenders.items():
-        if not samples[k] and e.measurement.ok:  # never re-timed: its search samples
-            samples[k] = list(e.measurement.samples)
-    return samples, baselines, interrupted
+    n = max(dims.values())
+
+    def job_for(e: Entry, policy: TimingPolicy) -> Job:
+        return Job(*src, dims, e.knobs, e.target, config.dtype, config.seed, policy,
+                   variant=e.variant)
+
+    def gemm(target: str) -> float:
+        try:
+            return float(dgemm_rate(n, target, dtype=config.dtype))
+        except (MeasurementError, AutotuneError):
+            return math.nan  # a failed GEMM timing: this round has no rate
+
+    return run_final_round(
+        contenders, measure, job_for, config.candidate_timeout,
+        gemm=gemm if dgemm_rate else None, deadline=deadline, clock=clock,
+        min_rounds=config.final_round_repeats, max_rounds=config.final_round_max,
+        interrupted=st.interrupted, progress=progress)
 
 
-def _interleave(contenders, samples, entries, baselines, repeats, one, src, dims, config,
-                measure) -> None:
-    for r in range(repeats):
-        for k, e in contenders.items():
-            policy = TimingPolicy(warmup=1, min_repeats=1, max_repeats=1) if r == 0 else one
-            m = measure(Job(*src, dims, e.knobs, e.target, config.dtype, config.seed, policy),
-                        config.candidate_timeout)
-            if m.ok:
-                samples[k].extend(m.samples)
-                if not e.measurement.samples:  # a baseline first measured here
-                    entries[k] = contenders[k] = Entry(e.knobs, e.target, m, e.name)
-                    if e.name:
-                        baselines[e.name] = entries[k]
-            elif not samples[k]:
-                entries[k] = contenders[k] = Entry(e.knobs, e.target, m, e.name)
-                if e.name:
-                    baselines[e.name] = entries[k]
+def _result(problem, dims, config, study, storage, name, st: _State, contenders,
+            contest: Contest, dgemm_rate) -> SearchResult:
+    import statistics
+
+    entries = dict(st.entries)
+    entries.update(contenders)
+    best = contenders[contest.winner]
+    baselines = {e.name: e for e in contenders.values() if e.name}
+    fewest = min((e.measurement.flops for e in entries.values()
+                  if e.measurement.ok and e.measurement.flops and e.variant == "candidate"),
+                 default=0.0)
+    rates = [r for r in contest.rates.get(best.target, []) if math.isfinite(r)]
+    rate = max(rates, default=0.0)
+    median = statistics.median(contest.samples[contest.winner])
+    ratio = limit_ratio(median, fewest, rate)
+    note = ""
+    if ratio is None and rate and fewest and dgemm_rate:
+        # a limit above the plan's own time is impossible: the GEMM was timed while other
+        # work ran. Re-measure it (twice at most) before giving up on the figure.
+        for _ in range(2):
+            try:
+                rate = max(rate, float(dgemm_rate(max(dims.values()), best.target,
+                                                  dtype=config.dtype)))
+            except AutotuneError:
+                continue
+            ratio = limit_ratio(median, fewest, rate)
+            if ratio is not None:
+                break
+        if ratio is None:
+            note = (f"the GEMM rate measured ({rate / 1e9:.1f} GFLOP/s) puts the physical "
+                    "limit above the plan's own time: a disturbed measurement, not reported")
+    kept = (config.incumbent is not None and contest.winner == config.incumbent.key
+            and config.incumbent.key not in st.entries)
+    return SearchResult(best, contest.samples, entries, baselines, name, storage,
+                        len(study.trials), st.interrupted or contest.interrupted,
+                        rate, fewest, ratio, note, contest.rounds, contest.decided, kept)

@@ -74,7 +74,9 @@ def test_named_points_first_and_failures_recorded(tmp_path):
     best = result.best.measurement.median
     flop_opt = derive(p, result.baselines["flop-optimal"].knobs, DIMS).flops(DIMS) / 1e9 / 2
     assert best <= flop_opt * 1.0001
-    assert set(result.baselines) == {"naive", "seed-2x2", "flop-optimal"}
+    assert set(result.baselines) == {"naive", "seed-2x2", "flop-optimal", "numpy", "pytensor"}
+    assert result.baselines["numpy"].variant == "numpy"
+    assert result.baselines["pytensor"].measurement.ok
 
 
 def test_cost_model_prunes_hopeless_candidates(tmp_path):
@@ -83,9 +85,9 @@ def test_cost_model_prunes_hopeless_candidates(tmp_path):
     p = kalman()
     rates = []
 
-    def rate(n, target):
-        rates.append((n, target))
-        return 1e9
+    def rate(n, target, dtype="float64"):
+        rates.append((n, target, dtype))
+        return 4e9
 
     result = tune(p, DIMS, _config(tmp_path, trials=16), fake_measure, dgemm_rate=rate)
     study = optuna.load_study(study_name=result.study_name, storage=result.storage)
@@ -94,22 +96,66 @@ def test_cost_model_prunes_hopeless_candidates(tmp_path):
     for t in pruned:  # the prediction is optimistic: a pruned candidate could not have won
         if t.user_attrs["message"].startswith("cost model"):
             assert t.user_attrs["predicted_s"] > 2 * result.best.measurement.median * 0.999
-    # the physical limit's DGEMM rate is measured once, on the winner's target
-    assert rates == [(max(DIMS.values()), result.best.target)]
-    assert result.dgemm_flops == 1e9
+    # the GEMM rate is timed in every final round, on every target a contender runs on
+    assert len(rates) >= result.rounds >= 5
+    assert {r[1] for r in rates} <= {"numba-t2", "numba-t1"}
+    assert all(r[0] == max(DIMS.values()) and r[2] == "float64" for r in rates)
+    assert result.dgemm_flops == 4e9
+    assert result.limit_ratio is not None and result.limit_ratio >= 1.0
+    assert result.fewest_flops == min(e.measurement.flops for e in result.entries.values()
+                                      if e.measurement.ok and e.variant == "candidate")
 
 
-def test_resume_keeps_finished_trials(tmp_path):
+@pytest.mark.parametrize("recovers", [True, False], ids=["re-measured", "never-fixed"])
+def test_no_impossible_limit_figure(tmp_path, recovers):
+    """A GEMM timed while other work ran puts the limit above the plan's own time: the rate
+    is re-measured, and a figure below the limit is never reported."""
+    p = kalman()
+    calls = []
+
+    def rate(n, target, dtype="float64"):
+        calls.append(target)
+        if recovers and len(calls) > 20:  # the re-measurements after the final round
+            return 4e9
+        return 1e8  # far too slow: every plan would beat its own limit
+
+    result = tune(p, DIMS, _config(tmp_path, trials=6), fake_measure, dgemm_rate=rate)
+    if recovers and len(calls) > 20:
+        assert result.limit_ratio is not None and result.limit_ratio >= 1.0
+    else:
+        assert result.limit_ratio is None
+        assert "not reported" in result.limit_note
+
+
+def test_float32_uses_the_sgemm_rate(tmp_path):
+    p = kalman()
+    seen = set()
+
+    def rate(n, target, dtype="float64"):
+        seen.add(dtype)
+        return 4e9
+
+    tune(p, DIMS, _config(tmp_path, trials=4, dtype="float32"), fake_measure, dgemm_rate=rate)
+    assert seen == {"float32"}
+
+
+def test_resume_counts_the_trials_the_study_has(tmp_path):
+    """--trials is the study's size: a resumed run measures only what is missing."""
     import optuna
 
     p = kalman()
     first = tune(p, DIMS, _config(tmp_path, trials=5), fake_measure)
     n1 = len(_measured(optuna.load_study(study_name=first.study_name,
                                          storage=first.storage).trials))
-    second = tune(p, DIMS, _config(tmp_path, trials=5), fake_measure)
-    study = optuna.load_study(study_name=second.study_name, storage=second.storage)
-    assert len(_measured(study.trials)) == n1 + 5
-    assert second.best.measurement.median <= first.best.measurement.median
+    assert n1 == 5
+    again = tune(p, DIMS, _config(tmp_path, trials=5), fake_measure)
+    study = optuna.load_study(study_name=again.study_name, storage=again.storage)
+    assert len(_measured(study.trials)) == 5  # 5 done, 0 to go
+    more = tune(p, DIMS, _config(tmp_path, trials=8), fake_measure)
+    study = optuna.load_study(study_name=more.study_name, storage=more.storage)
+    assert len(_measured(study.trials)) == 8  # 5 done, 3 to go
+    assert more.best.measurement.median <= first.best.measurement.median
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
 
 
 def _measured(trials):
@@ -133,15 +179,25 @@ def test_interrupt_still_returns_best(tmp_path, phase):
             raise KeyboardInterrupt
         return fake_measure(job, timeout)
 
+    import optuna
+
     result = tune(p, DIMS, _config(tmp_path), interrupting)
     assert result.interrupted
     assert result.best.measurement.ok
     # every measured contender kept samples: re-timed ones or, after the interrupt, its
     # search ones (a baseline first timed in an interrupted final round may have none)
     assert all(result.final[k] for k in result.final if result.entries[k].measurement.samples)
-    fastest = min((e for e in result.entries.values() if e.measurement.ok),
-                  key=lambda e: e.measurement.median)
-    assert result.best.measurement.median == fastest.measurement.median
+    # the choice: no contender is significantly faster than the winner
+    from autotune.stats import significantly_faster
+
+    won = result.final[result.best.key]
+    assert not any(significantly_faster(v, won) for k, v in result.final.items()
+                   if v and result.entries[k].variant == "candidate")
+    # the trial in flight when Ctrl-C came is recorded as interrupted, never left RUNNING
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    if phase == "search":
+        assert [t.user_attrs.get("status") for t in study.trials].count("interrupted") == 1
 
 
 # the kernels for an SPD matrix, each with a made-up time
