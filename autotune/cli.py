@@ -184,9 +184,60 @@ def report(problem_name: str, n: int | None, dim: tuple[str, ...], dtype: str,
 
 
 @main.command()
+@click.argument("plan", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--repeats", type=click.IntRange(min=3), default=5, show_default=True,
+              help="Interleaved rounds of the plan, its baselines and a GEMM.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="Seconds one measurement may take.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verification as JSON.")
+def verify(plan: Path, repeats: int, timeout: float, as_json: bool) -> None:
+    """Re-time a stored plan against its baselines and the physical limit on this machine,
+    side by side, and say whether it still holds (exit code 1 when it does not)."""
+    from .verify import verify_plan
+
+    v = verify_plan(plan, repeats=repeats, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(v.to_json(), indent=1, sort_keys=True, default=str))
+    else:
+        _print_verification(v)
+    sys.exit(0 if v.holds else 1)
+
+
+def _print_verification(v: Any) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"verify {escape(v.path)} ({v.rounds} interleaved rounds)")
+    for col in ("computation", "median now", "stored", "plan's speedup now", "significant"):
+        table.add_column(col)
+    from .runner import BASELINE_LABELS
+
+    for name, b in v.baselines.items():
+        table.add_row(escape(BASELINE_LABELS.get(name, name)), _fmt_s(b["median"] or math.inf),
+                      _fmt_s(b["stored_median"] or math.inf),
+                      f"{b['speedup']:.2f}x" if b["speedup"] else escape(b["status"]),
+                      "faster than the plan" if b["significantly_faster_than_plan"] else "")
+    table.add_row("[bold]plan[/bold]", _fmt_s(v.median), _fmt_s(v.stored_median), "", "")
+    console.print(table)
+    if v.limit_ratio:
+        stored = f" (stored: {v.stored_limit_ratio:.2f}x)" if v.stored_limit_ratio else ""
+        console.print(f"{v.limit_ratio:.2f}x the physical limit at {v.gemm_gflops:.0f} GFLOP/s "
+                      f"GEMM timed in the same rounds{stored}")
+    for d in v.machine_differences:
+        console.print(f"tuned elsewhere: {escape(d)}")
+    if v.holds:
+        console.print("[bold green]the plan holds[/bold green] on this machine")
+    for r in v.reasons:
+        console.print(f"[bold red]does not hold:[/bold red] {escape(r)}")
+
+
+@main.command()
 def targets() -> None:
     """List the targets this machine offers, and why the others are missing."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from .targets import list_targets
@@ -196,8 +247,9 @@ def targets() -> None:
         table.add_column(col)
     for info in list_targets():
         threads = ", ".join(str(t) for t in info.threads) or "-"
-        table.add_row(info.name, "yes" if info.available else "no", threads,
-                      info.reason if not info.available else (info.detail or ""))
+        # escape: the reasons name extras such as 'autotune[jax]', which is console markup
+        table.add_row(escape(info.name), "yes" if info.available else "no", threads,
+                      escape(info.reason if not info.available else (info.detail or "")))
     Console().print(table)
 
 
@@ -225,6 +277,8 @@ def problems() -> None:
 def _fmt_s(x: float) -> str:
     if not math.isfinite(x):
         return "-"
+    if x < 1e-3:
+        return f"{x * 1e6:.0f} µs"
     return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.3f} s"
 
 

@@ -132,17 +132,33 @@ def _one_round(live: dict[str, Entry], entries: dict[str, Entry],
     for k, e in list(live.items()):
         fault("final")
         # the first round warms each contender up (a worker restarted since, or a baseline
-        # compiled here for the first time, is warm again after its first, untimed call)
-        policy = TimingPolicy(warmup=1 if first else 0, min_repeats=1, max_repeats=1)
+        # compiled here for the first time, is warm again after its first, untimed call);
+        # a fast contender is called several times in its turn and the turn's median is its
+        # sample, so that one preempted call of a few microseconds decides nothing
+        calls = calls_per_turn(e.measurement.median if e.measurement.samples else math.inf)
+        policy = TimingPolicy(warmup=1 if first else 0, min_repeats=calls, max_repeats=calls)
         m = measure(job_for(e, policy), timeout)
         if m.ok:
-            samples[k].extend(m.samples)
+            samples[k].append(statistics.median(m.samples))
             if not e.measurement.samples:  # a baseline first measured here
                 entries[k] = live[k] = Entry(e.knobs, e.target, m, e.name, e.variant)
         else:
             if not samples[k]:
                 entries[k] = Entry(e.knobs, e.target, m, e.name, e.variant)
             live.pop(k)
+
+
+#: A contender's turn in a round lasts about this long (at most :data:`MAX_CALLS` calls).
+TURN_SECONDS = 0.05
+MAX_CALLS = 25
+
+
+def calls_per_turn(median_s: float) -> int:
+    """Calls of one contender in one round: one for a computation of 50 ms or more, up to 25
+    for a fast one."""
+    if not math.isfinite(median_s) or median_s <= 0:
+        return 1
+    return max(1, min(MAX_CALLS, round(TURN_SECONDS / median_s)))
 
 
 def median_of(samples: list[float]) -> float:

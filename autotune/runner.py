@@ -293,11 +293,11 @@ def _write_trials(config: SearchConfig, name: str, storage: str) -> Path | None:
 #: How the run summary names each baseline (the order of its rows).
 BASELINE_LABELS = {
     "numpy": "NumPy as written",
-    "naive": "naive: the formula as written, PyTensor",
-    "pytensor": "PyTensor, declared assumptions + its own rewrites",
-    "seed-2x2": "seed-2x2: the 2013 halves",
-    "flop-optimal": "flop-optimal: the cost model's best",
-    "stored": "the stored plan it replaces",
+    "naive": "naive (as written, PyTensor)",
+    "pytensor": "PyTensor's own rewrites",
+    "seed-2x2": "seed-2x2 (2013 halves)",
+    "flop-optimal": "flop-optimal",
+    "stored": "stored plan",
 }
 
 
@@ -351,6 +351,8 @@ def _print_limit(c: Mapping[str, Any], console) -> None:
 def _fmt(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return "-"
+    if x < 1e-3:
+        return f"{x * 1e6:.0f} µs"
     return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.3f} s"
 
 

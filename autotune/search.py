@@ -145,6 +145,7 @@ class _State:
     seen: dict[str, float] = field(default_factory=dict)
     settled: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    trial_seconds: list[float] = field(default_factory=list)  # wall time of measured trials
 
 
 def tune(
@@ -284,15 +285,20 @@ def _resume(study: Any) -> _State:
 
 def _reserve(st: _State, config: SearchConfig, n_baselines: int) -> float:
     """Seconds to keep for the final round: its rounds over the contenders known so far (a
-    baseline not timed yet counted at the slowest time seen)."""
+    baseline not timed yet counted at the slowest time seen), the compiles of those the
+    worker may not hold any more, and the GEMM of each round; plus one more search trial of
+    the mean length so far (a trial is not cut short)."""
     ok = sorted((e for e in st.entries.values() if e.measurement.ok and e.measurement.samples),
                 key=lambda e: e.measurement.median)
     if not ok:
         return 0.0
     slowest = max(e.measurement.median for e in ok)
+    compile_s = max(e.measurement.compile_s for e in ok)
     top = {e.key: e for e in ok[: config.final_round_top]}
-    per_round = estimate_round(top, slowest) + n_baselines * slowest
-    return (config.final_round_repeats + 1) * per_round
+    n = len(top) + n_baselines
+    per_round = estimate_round(top, slowest) + n_baselines * slowest + slowest
+    trial = sum(st.trial_seconds) / len(st.trial_seconds) if st.trial_seconds else 0.0
+    return (config.final_round_repeats + 1) * per_round + n * compile_s + trial
 
 
 def _search(problem, dims, config, study, space, baselines_knobs, st: _State, measure,
@@ -311,10 +317,13 @@ def _search(problem, dims, config, study, space, baselines_knobs, st: _State, me
         if done >= config.trials or clock() + _reserve(st, config, n_baselines) >= deadline:
             break
         trial = None
+        began = clock()
         try:
             trial = study.ask(dist)
             measured = _trial(trial, problem, dims, low, config, study, baselines_knobs, st,
                               measure, derivations)
+            if measured:
+                st.trial_seconds.append(clock() - began)
         except KeyboardInterrupt:
             st.interrupted = True
             if trial is not None:  # the trial in flight is recorded, never left RUNNING
