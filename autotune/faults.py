@@ -7,6 +7,9 @@ run reaches ``PHASE`` for the N-th time (default 1) in a process, ACTION happens
 ``die``                   the process exits at once with status 137 (as if SIGKILLed)
 ``raise``                 a RuntimeError is raised at that point
 
+With ``AUTOTUNE_FAULT_ONCE`` naming a file, an action happens once across every process of
+the run (the first to create the file acts): a restarted worker does not fail again.
+
 Phases: ``trial`` (main process, before a search trial is measured), ``measure`` (worker,
 while a candidate is measured), ``dgemm`` (worker, while the GEMM rate is timed), ``final``
 (main process, before each final-round measurement), ``save`` (main process, while the plan
@@ -50,6 +53,12 @@ def fault(phase: str) -> None:
     action, nth = spec
     if _counts[phase] != nth:
         return
+    once = os.environ.get("AUTOTUNE_FAULT_ONCE")
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
     if action == "die":
         os._exit(137)
     if action == "raise":

@@ -186,6 +186,9 @@ def tune(
     if not final:
         return None
     if not any(e.measurement.ok for e in state.entries.values()):
+        if state.interrupted:
+            raise AutotuneError("interrupted before any candidate finished: no plan was "
+                                "written (a stored plan is left as it was)")
         raise AutotuneError(_no_candidate_message(study))
     contenders = _contenders(state.entries, baselines_knobs, config)
     contest = _final(problem, dims, config, contenders, state, measure, dgemm_rate, progress,
@@ -197,40 +200,38 @@ def tune(
 def prepare_study(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
                   space: Mapping[str, list] | None = None, sampler: Any = None,
                   storage: str | None = None, name: str | None = None):
-    """Create (or load) the study and enqueue the named points once. With several processes,
-    one prepares the study and the others join it with ``enqueue=False``."""
-    import optuna
+    """Create (or load) the study and enqueue the named points (and, for a space no larger
+    than the budget, every point) once. Any number of processes may call this at the same
+    instant (``autotune run --jobs``, several ``--storage`` runs): the schema, the study and
+    each point are created once, under the database's lock (``autotune.storage``)."""
+    from .storage import prepare
 
     space = space or space_for(problem, dims, config.targets)
     name = name or study_name(problem, dims, config.dtype, config.heap)
     storage = storage or config.storage or f"sqlite:///{(config.out / 'autotune.db').resolve()}"
-    study = optuna.create_study(study_name=name, storage=open_storage(storage),
-                                sampler=sampler, direction="minimize", load_if_exists=True)
-    if not config.enqueue:
-        return study
-    for n in NAMED_POINTS:
-        knobs = named_point(problem, n, dims)
-        if any(k in space and v not in space[k] for k, v in knobs.items()):
-            continue  # outside the searched space: measured in the final round only
-        params = {k: v for k, v in knobs.items() if k in space}
-        params[TARGET_PARAM] = config.targets[0]
-        study.enqueue_trial(params, user_attrs={"named": n}, skip_if_exists=True)
-    if _space_size(space) <= config.trials:
-        keys = list(space)
-        for combo in itertools.product(*(space[k] for k in keys)):
-            study.enqueue_trial(dict(zip(keys, combo, strict=True)), skip_if_exists=True)
-    return study
+    points: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    if config.enqueue:
+        for n in NAMED_POINTS:
+            knobs = named_point(problem, n, dims)
+            if any(k in space and v not in space[k] for k, v in knobs.items()):
+                continue  # outside the searched space: measured in the final round only
+            params = {k: v for k, v in knobs.items() if k in space}
+            params[TARGET_PARAM] = config.targets[0]
+            points.append((params, {"named": n}))
+        if _space_size(space) <= config.trials:
+            keys = list(space)
+            points += [(dict(zip(keys, combo, strict=True)), {})
+                       for combo in itertools.product(*(space[k] for k in keys))]
+    return prepare(storage, name, sampler=sampler, direction="minimize", points=points)
 
 
 def open_storage(url: str) -> Any:
-    """Optuna storage for ``url``. SQLite gets a 60 s busy timeout (the driver's default is
-    5 s): processes sharing one study file wait for each other's writes instead of failing
-    with 'database is locked' on a loaded machine."""
-    if url.startswith("sqlite:"):
-        import optuna
+    """Optuna storage for ``url`` (any RDB URL), its schema created under the database's lock
+    (processes connecting first together do not race on it); SQLite waits 60 s for another
+    process's write and begins each transaction with the write lock (``autotune.storage``)."""
+    from .storage import open_storage as _open
 
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return url
+    return _open(url)
 
 
 

@@ -35,7 +35,7 @@ def test_run_writes_a_plan_and_a_trials_table(small_run):
                 "accuracy", "flops", "machine", "runners_up", "digest"):
         assert key in plan
     assert plan["dims"] == {"n": 48, "k": 24}
-    assert set(plan["baselines"]) == {"naive", "seed-2x2", "flop-optimal"}
+    assert set(plan["baselines"]) == {"naive", "seed-2x2", "flop-optimal", "numpy", "pytensor"}
     assert all(e < plan["accuracy"]["tolerance"] for e in plan["accuracy"]["errors"].values())
     assert plan["timing"]["median"] > 0 and len(plan["timing"]["samples"]) >= 1
     assert list(out.glob("trials-*.csv"))
