@@ -96,9 +96,10 @@ def _default_targets(problem) -> list[str]:
               help="Size of the dimension n (others follow their formulas).")
 @click.option("--dim", multiple=True, metavar="NAME=VALUE", help="Set any dimension.")
 @click.option("--trials", type=click.IntRange(min=1), default=24, show_default=True,
-              help="Candidates to measure in the search.")
+              help="Candidates the study measures in all; a resumed study counts the trials "
+              "it has (12 done, 12 to go).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
-              help="Seconds for the search phase (the final round comes after).")
+              help="Seconds for the whole run, final round included.")
 @click.option("--target", "targets", multiple=True,
               help="Target to search (repeatable): numba-t2, c-t1, jax-cpu, pytorch-cuda, ...")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",

@@ -85,3 +85,30 @@ def test_worker_survives_timeouts_and_crashes(kalman):
 def test_dgemm_rate_is_positive():
     with Worker(timeout=60) as w:
         assert w.dgemm_rate(200, "numba-t1") > 1e8
+
+
+def test_candidates_that_compile_to_one_graph_are_measured_once(kalman):
+    """cut.n does nothing unblocked: both settings compile to one graph, timed once."""
+    knobs = named_point(kalman, "flop-optimal", DIMS)
+    same = {**knobs, "cut.n": 0.25}
+    policy = TimingPolicy(min_repeats=3, max_repeats=3)
+    first = measure_in_process(Job(kalman.source, kalman.origin, DIMS, knobs, "numba-t1",
+                                   policy=policy, reuse_graph=True, seed=5))
+    second = measure_in_process(Job(kalman.source, kalman.origin, DIMS, same, "numba-t1",
+                                    policy=policy, reuse_graph=True, seed=5))
+    assert first.ok and first.graph
+    assert second.graph == first.graph and second.samples == first.samples
+    assert "measured once" in second.message
+    other = measure_in_process(Job(kalman.source, kalman.origin, DIMS,
+                                   {**knobs, "solver.S": "lu"}, "numba-t1", policy=policy,
+                                   reuse_graph=True, seed=5))
+    assert other.graph != first.graph and "measured once" not in other.message
+
+
+@pytest.mark.parametrize("variant", ["numpy", "pytensor"])
+def test_baseline_variants_are_verified_and_timed(kalman, variant):
+    m = measure_in_process(_job(kalman, "naive", variant=variant,
+                                policy=TimingPolicy(min_repeats=2, max_repeats=2)))
+    assert m.ok, m.message
+    assert max(m.errors.values()) < m.tolerance
+    assert m.flops > 0
