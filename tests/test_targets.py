@@ -440,3 +440,33 @@ def test_machine_fingerprint():
     assert len(fp["hostname_sha256"]) == 16
     int(fp["hostname_sha256"], 16)
     assert fp["gpu"] is None or isinstance(fp["gpu"], str)
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="CI installs the JAX CPU extra")
+def test_ci_runs_the_jax_target():
+    """CI installs jax with the test extras: the JAX tests must run there, not skip."""
+    t = T.parse_target("jax-cpu-t1")
+    assert t.available()[0], t.available()[1]
+
+
+def test_a_shipped_problem_compiles_pinned_for_jax_and_matches_the_reference():
+    """The JAX target on a real candidate: the flop-optimal Kalman point, pinned kernels,
+    against the float64 reference."""
+    t = _skip_unless_available("jax-cpu-t1")
+    from autotune.derive import derive
+    from autotune.instances import random_instance
+    from autotune.lower import lower
+    from autotune.reference import evaluate_reference, relative_error
+    from autotune.space import named_point
+    from autotune.spec import load_problem
+
+    p = load_problem("kalman")
+    dims = p.resolve_dims({"n": 16})
+    program = derive(p, named_point(p, "flop-optimal", dims), dims)
+    fn = T.compile_function(t, *lower(p, program, dims))
+    values = random_instance(p, dims, seed=2)
+    ref = evaluate_reference(p, values, dims)
+    with T.thread_limit(t):
+        outs = fn(*[values[n] for n in p.inputs])
+    for name, out in zip(p.outputs, outs, strict=True):
+        assert relative_error(np.asarray(out), ref.outputs[name]) < 1e-10
