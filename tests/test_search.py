@@ -288,9 +288,71 @@ def _two_workers(storage: str, out: Path) -> list:
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path):
-    trials = _measured(_two_workers(f"sqlite:///{tmp_path / 'shared.db'}", tmp_path))
-    assert len(trials) == 8
-    assert len({t.number for t in trials}) == 8
+    """Two processes tune one fresh SQLite study through ``tune`` (the search only, as the
+    extra processes of ``--jobs`` do), started at the same instant, each enqueuing the named
+    points: both exit 0 (a failure shows the worker's output), the study has the budget's
+    trials, each numbered once, the named points enqueued and run once, none left RUNNING.
+
+    Its old flake ('a worker failed (exit code 1)'): both workers popped the same enqueued
+    named point (SQLite's driver began the transaction after Optuna's WAITING check), and
+    the second to finish it died with UpdateFinishedTrialError. See autotune.storage."""
+    import sys
+    import textwrap
+
+    import optuna
+
+    from autotune.search import open_storage
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    code = textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        sys.path.insert(0, sys.argv[1])
+        from test_search import DIMS, fake_measure, kalman
+        from autotune.search import SearchConfig, tune
+        storage, out, seed = sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+        p = kalman()
+        (out / f"ready{seed}").touch()
+        deadline = time.monotonic() + 120
+        while not (out / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        config = SearchConfig(trials=8, timeout=600, targets=("numba-t1",), out=out,
+                              seed=seed, storage=storage, low_fidelity=False,
+                              final_round_top=0)
+        tune(p, DIMS, config, fake_measure, final=False)
+    """)
+    procs = []
+    for seed in (1, 2):
+        log = (tmp_path / f"worker{seed}.log").open("w")
+        procs.append((subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent),
+                                        storage, str(tmp_path), str(seed)],
+                                       stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"ready{s}").exists() for s in (1, 2)):
+            if time.monotonic() > deadline or any(p.poll() is not None for p, _ in procs):
+                break
+            time.sleep(0.01)
+        (tmp_path / "go").touch()  # both start now
+        for p, _ in procs:
+            p.wait(600)
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+            log.close()
+    for seed, (p, _) in zip((1, 2), procs, strict=True):
+        out = (tmp_path / f"worker{seed}.log").read_text()[-6000:]
+        assert p.returncode == 0, f"worker {seed} failed (exit code {p.returncode}):\n{out}"
+    study = optuna.load_study(study_name=study_name(kalman(), DIMS, "float64", "retain"),
+                              storage=open_storage(storage))
+    trials = study.trials
+    assert sorted(t.number for t in trials) == list(range(len(trials)))  # each numbered once
+    assert not [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    # --trials is the study's size; each worker counts before it asks, so the last two
+    # asks may cross: one trial over at most
+    assert 8 <= len(_measured(trials)) <= 9
     named = [t.user_attrs.get("named") for t in trials if t.user_attrs.get("named")]
     assert sorted(named) == ["flop-optimal", "naive"]  # enqueued once, run once
 
