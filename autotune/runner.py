@@ -158,11 +158,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _start_jobs(problem: Problem, dims: dict, config: SearchConfig, jobs: int,
-                derivations: Any) -> list[mp.Process]:
-    from .search import prepare_study
-
-    prepare_study(problem, dims, config)  # the named points are enqueued once, here
+def _start_jobs(problem: Problem, dims: dict, config: SearchConfig,
+               jobs: int) -> list[mp.Process]:
+    """The extra processes of ``--jobs``: each joins the study (preparing it is safe from any
+    number of processes at once, :mod:`autotune.storage`) and searches until the study has
+    its trials; the main process enqueues the named points and runs the final round."""
     ctx = mp.get_context("spawn")
     extra = []
     for i in range(jobs - 1):
@@ -195,7 +195,7 @@ def run_tuning(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
                                          heap=config.heap) as worker:
         try:
             if jobs > 1:
-                extra = _start_jobs(problem, dims, config, jobs, worker)
+                extra = _start_jobs(problem, dims, config, jobs)
             with _progress(console, config, quiet) as on_progress:
                 result = tune(problem, dims, config, worker.measure, worker.dgemm_rate,
                               on_progress, derivations=worker)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -178,8 +180,10 @@ def tune(
     sampler: optuna.samplers.BaseSampler = (
         optuna.samplers.RandomSampler(seed=config.seed) if exhaustive
         else optuna.samplers.TPESampler(seed=config.seed))
-    study = prepare_study(problem, dims, config, space, sampler, storage, name)
     baselines_knobs = _named_points(problem, dims, config, derivations)
+    study = prepare_study(problem, dims, config, space, sampler, storage, name,
+                          named=baselines_knobs)
+    fail_stale_trials(study, config.candidate_timeout)
     state = _resume(study)
     _search(problem, dims, config, study, space, baselines_knobs, state, measure, derivations,
             progress, clock, deadline)
@@ -199,7 +203,8 @@ def tune(
 
 def prepare_study(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
                   space: Mapping[str, list] | None = None, sampler: Any = None,
-                  storage: str | None = None, name: str | None = None):
+                  storage: str | None = None, name: str | None = None,
+                  named: Mapping[str, Mapping[str, Any]] | None = None):
     """Create (or load) the study and enqueue the named points (and, for a space no larger
     than the budget, every point) once. Any number of processes may call this at the same
     instant (``autotune run --jobs``, several ``--storage`` runs): the schema, the study and
@@ -212,7 +217,8 @@ def prepare_study(problem: Problem, dims: Mapping[str, int], config: SearchConfi
     points: list[tuple[dict[str, Any], dict[str, Any]]] = []
     if config.enqueue:
         for n in NAMED_POINTS:
-            knobs = named_point(problem, n, dims)
+            # the named points as derived by the caller (a run derives them in its worker)
+            knobs = dict(named[n]) if named and n in named else named_point(problem, n, dims)
             if any(k in space and v not in space[k] for k, v in knobs.items()):
                 continue  # outside the searched space: measured in the final round only
             params = {k: v for k, v in knobs.items() if k in space}
@@ -234,6 +240,48 @@ def open_storage(url: str) -> Any:
     return _open(url)
 
 
+
+
+def fail_stale_trials(study: Any, candidate_timeout: float) -> list[int]:
+    """Record as failed the RUNNING trials whose process is gone: on this host, a process
+    id that no longer runs; elsewhere, a trial older than a candidate's timeout twice over
+    plus an hour. Returns their numbers. (A killed run leaves its trial RUNNING.)"""
+    import datetime
+    import socket
+
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    now = datetime.datetime.now()
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        if where == host and isinstance(pid, int):
+            gone = not _pid_alive(pid)
+        else:
+            started = t.datetime_start or now
+            gone = (now - started).total_seconds() > 2 * candidate_timeout + 3600
+        if gone:
+            study._storage.set_trial_user_attr(t._trial_id, "status", "stale")
+            study._storage.set_trial_user_attr(t._trial_id, "message",
+                                               "its process died before it finished")
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            stale.append(t.number)
+    return stale
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _named_points(problem, dims, config, derivations) -> dict[str, dict[str, Any]]:
@@ -321,6 +369,8 @@ def _search(problem, dims, config, study, space, baselines_knobs, st: _State, me
         began = clock()
         try:
             trial = study.ask(dist)
+            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("host", socket.gethostname())
             measured = _trial(trial, problem, dims, low, config, study, baselines_knobs, st,
                               measure, derivations)
             if measured:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from test_search import DIMS, SOURCE, fake_measure, kalman  # noqa: I001
@@ -256,3 +257,85 @@ def test_a_real_run_survives_faults(tmp_path, fault):
     assert content["timing"]["median"] > 0
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert not leftover.stdout.strip(), leftover.stdout
+
+
+def test_a_killed_runs_trial_is_failed_on_resume(tmp_path):
+    """A run killed with SIGKILL leaves its trial RUNNING; the next run records it as failed
+    (its process is gone) before it goes on."""
+    import socket
+
+    import optuna
+
+    from autotune.search import fail_stale_trials, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'a.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):
+        t = study.ask()
+        t.set_user_attr("pid", pid)
+        t.set_user_attr("host", socket.gethostname())
+    other = study.ask()
+    other.set_user_attr("pid", 1)
+    other.set_user_attr("host", "another-machine")  # recent: may still be running there
+    assert fail_stale_trials(study, 300.0) == [0]
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "RUNNING", "RUNNING"]
+    assert study.trials[0].user_attrs["status"] == "stale"
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_real_run_then_resume(tmp_path):
+    """kill -9 of ``autotune run`` mid-search: no worker survives it, and the resumed run
+    leaves no RUNNING trial and writes a plan."""
+    import optuna
+
+    problem = tmp_path / "kalman.toml"
+    problem.write_text(SOURCE)
+    args = [sys.executable, "-m", "autotune.cli", "run", "--problem", str(problem), "--n",
+            "40", "--trials", "6", "--timeout", "300", "--target", "numba-t1", "--out",
+            str(tmp_path / "res"), "--quiet"]
+    mark = f"AUTOTUNE_TEST_MARK={tmp_path}"
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "AUTOTUNE_TEST_MARK": str(tmp_path)})
+    db = tmp_path / "res" / "autotune.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until a trial is in flight
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                (name,) = optuna.get_all_study_names(f"sqlite:///{db}")
+                study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+                if any(t.state.name == "RUNNING" for t in study.trials):
+                    break
+            except Exception:  # noqa: BLE001 - the database is being created
+                continue
+    before = _marked(mark)
+    assert len(before) >= 2, "the run and its worker should both be running"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    deadline = time.monotonic() + 10
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _marked(mark), "a worker outlived the killed run"
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (name,) = optuna.get_all_study_names(f"sqlite:///{db}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert list((tmp_path / "res").glob("plan-*.json"))
+
+
+def _marked(mark: str) -> list[int]:
+    """Live processes whose environment holds ``mark`` (the run's and its children's)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or not _alive(int(d.name)):
+            continue
+        try:
+            if mark.encode() in (d / "environ").read_bytes().split(b"\0"):
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found

@@ -262,9 +262,9 @@ mirror = [true]
 
 def _worker(storage: str, out: str, seed: int) -> None:
     p = kalman()
-    tune(p, DIMS, SearchConfig(trials=4, timeout=600, targets=("numba-t1",), out=Path(out),
+    tune(p, DIMS, SearchConfig(trials=8, timeout=600, targets=("numba-t1",), out=Path(out),
                                seed=seed, storage=storage, low_fidelity=False,
-                               final_round_top=0, enqueue=False), fake_measure)
+                               final_round_top=0, enqueue=False), fake_measure, final=False)
 
 
 def _two_workers(storage: str, out: Path) -> list:
@@ -363,6 +363,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _skip_or_fail(why: str) -> None:
+    """CI must run the PostgreSQL tests (.ci/run installs the server): fail there."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: {why}")
+    pytest.skip(why)
+
+
 @pytest.fixture
 def postgres_url():
     """A throwaway PostgreSQL server on loopback, started by the test."""
@@ -373,7 +380,7 @@ def postgres_url():
             bindir = cand
             break
     if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
+        _skip_or_fail("no PostgreSQL server binaries (apt-get install postgresql)")
     user = None
     if os.geteuid() == 0:  # postgres refuses to run as root
         import pwd
@@ -403,7 +410,7 @@ def postgres_url():
                        check=True, capture_output=True, timeout=120)
     except (subprocess.SubprocessError, OSError) as exc:
         shutil.rmtree(data, ignore_errors=True)
-        pytest.skip(f"could not start a PostgreSQL server: {exc}")
+        _skip_or_fail(f"could not start a PostgreSQL server: {exc}")
     try:
         yield f"postgresql+psycopg2://autotune@127.0.0.1:{port}/postgres"
     finally:
@@ -415,7 +422,9 @@ def postgres_url():
 
 def test_two_workers_share_one_postgresql_study(postgres_url, tmp_path):
     trials = _measured(_two_workers(postgres_url, tmp_path))
-    assert len(trials) == 8
+    # --trials is the study's size (8): each worker counts before it asks, so the last two
+    # asks may cross: one trial over at most
+    assert 8 <= len(trials) <= 9
     assert all(t.state.name in ("COMPLETE", "FAIL", "PRUNED") for t in trials)
     assert any(math.isfinite(t.value) for t in trials if t.value is not None)
     _ = time
