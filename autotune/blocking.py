@@ -13,6 +13,17 @@ matrix is, so blocked plans can still use Cholesky); larger grids are re-blocked
 The result is independent of the concrete sizes (blocks have symbolic sizes ``n_0, n_1, ...``)
 and is cached in memory and on disk, written in the formula language and read back with the
 safe parser (never ``eval`` or pickle).
+
+Zero blocks (above a triangular diagonal, off a diagonal matrix's diagonal, of an identity) are
+dropped: a product with a zero factor is zero, a sum forgets its zero terms, and the blocks of
+an intermediate known to be zero there (the inverse or Schur complement of a triangular matrix)
+are ``ZeroMatrix`` rather than named blocks. A zero block left as a whole block of a result is
+computed as a zero matrix; an inverted zero block raises :class:`DerivationError`.
+
+Bounded work: ``block_collapse`` writes every block of a product of k factors as a sum over
+b^(k-1) index paths, so before collapsing, :func:`blocked_size` estimates the size of the
+result from the shared nodes and a blocking over :data:`MAX_BLOCK_TERMS` is refused with a
+:class:`DerivationError` (a failed candidate) instead of running for hours.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from sympy.matrices.expressions import (
     Inverse,
     MatAdd,
     MatMul,
+    MatPow,
     MatrixExpr,
     MatrixSymbol,
     Transpose,
@@ -38,6 +50,7 @@ from sympy.matrices.expressions import (
     blockcut,
 )
 
+from .errors import AutotuneError, DerivationError
 from .formula import parse_formula
 from .properties import (
     DIAGONAL,
@@ -54,9 +67,12 @@ from .properties import (
 )
 from .spec import Problem, _formula_text
 
-__all__ = ["Blocked", "block_problem", "factor_common", "cache_dir"]
+__all__ = ["Blocked", "block_problem", "factor_common", "cache_dir", "blocked_size"]
 
-CACHE_VERSION = 7
+CACHE_VERSION = 8
+#: the largest blocked derivation attempted, in block-level terms (:func:`blocked_size`); the
+#: shipped problems need at most about 72,000 (EnKF, 4 blocks per dimension, 14 s)
+MAX_BLOCK_TERMS = 200_000
 
 
 @dataclass
@@ -219,12 +235,161 @@ def factor_common(expr: sp.Basic) -> sp.Basic:
 
 
 def _inverses(e: sp.Basic) -> list[sp.Basic]:
-    """Inverted sub-expressions, innermost first."""
+    """Inverted sub-expressions, innermost first (in the order of a post-order traversal of
+    the written-out tree, visiting every shared node once: linear in the distinct nodes)."""
     out: list[sp.Basic] = []
-    for node in sp.postorder_traversal(e):
-        if isinstance(node, Inverse) and node.arg not in out:
-            out.append(node.arg)
+    found: set[sp.Basic] = set()
+    seen: set[sp.Basic] = set()
+    stack: list[tuple[sp.Basic, bool]] = [(e, False)]
+    while stack:
+        node, ready = stack.pop()
+        if ready:
+            if isinstance(node, Inverse) and node.arg not in found:
+                found.add(node.arg)
+                out.append(node.arg)
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.append((node, True))
+        stack.extend((a, False) for a in reversed(node.args) if a not in seen)
     return out
+
+
+def _is_zero(e: sp.Basic) -> bool:
+    return isinstance(e, ZeroMatrix)
+
+
+def drop_zeros(e: sp.Basic) -> sp.Basic:
+    """``e`` with its zero blocks dropped: a product with a zero factor is zero, a sum forgets
+    its zero terms; an inverted zero block is singular (:class:`DerivationError`)."""
+    memo: dict[sp.Basic, sp.Basic] = {}
+
+    def go(x: sp.Basic) -> sp.Basic:
+        if x in memo:
+            return memo[x]
+        out = x
+        if isinstance(x, MatrixExpr) and x.args and not isinstance(x, (MatrixSymbol, Identity,
+                                                                      ZeroMatrix)):
+            args = [go(a) if isinstance(a, MatrixExpr) else a for a in x.args]
+            if isinstance(x, MatMul) and any(_is_zero(a) for a in args):
+                out = ZeroMatrix(*x.shape)
+            elif isinstance(x, MatAdd):
+                kept = [a for a in args if not _is_zero(a)]
+                out = (ZeroMatrix(*x.shape) if not kept else kept[0] if len(kept) == 1
+                       else MatAdd(*kept).doit(deep=False))
+            elif isinstance(x, Inverse) and _is_zero(args[0]):
+                raise DerivationError("blocking: the inverse of a zero block is singular")
+            elif isinstance(x, Transpose) and _is_zero(args[0]):
+                out = ZeroMatrix(*x.shape)
+            elif isinstance(x, BlockMatrix):
+                out = x
+            elif args != list(x.args):
+                out = x.func(*args)
+        memo[x] = out
+        return out
+
+    return go(e)
+
+
+def _zero_block(facts: frozenset[str], i: int, j: int) -> bool:
+    """Block (i, j) of a square matrix cut the same way along both sides is zero."""
+    return (
+        (DIAGONAL in facts and i != j)
+        or (LOWER in facts and i < j)
+        or (UPPER in facts and i > j)
+    )
+
+
+#: structure an intermediate keeps through inversion and Schur complements
+_STRUCTURE = (SYMMETRIC, PD, PSD, INVERTIBLE, LOWER, UPPER, DIAGONAL)
+
+
+def _diagonal_block_facts(facts: frozenset[str]) -> set[str]:
+    """What a diagonal block of a blocked intermediate inherits: definiteness, symmetry and
+    triangular structure; invertibility too when the matrix is triangular (its diagonal
+    blocks then carry its determinant) or definite."""
+    out = {p for p in facts if p in (SYMMETRIC, PD, PSD, LOWER, UPPER, DIAGONAL)}
+    if INVERTIBLE in facts and out & {LOWER, UPPER, DIAGONAL}:
+        out.add(INVERTIBLE)
+    return out
+
+
+def blocked_size(problem: Problem, blocks: dict[str, int]) -> int:
+    """An estimate of the number of block-level terms the blocked derivation writes out:
+    per output block, a product of k factors is a sum over the index paths of its inner
+    dimensions (b^(k-1) products of k blocks), a sum adds its terms' sizes, an inverse is a
+    named intermediate (1) whose own blocks are counted once. Computed on the shared nodes
+    (linear in the distinct nodes), as an exact integer however large."""
+    nb: dict[sp.Basic, int] = {
+        sym: max(1, blocks.get(name, 1)) for name, sym in problem.dim_symbols.items()
+    }
+
+    def nblocks(d: sp.Basic) -> int:
+        return nb.get(d, 1)
+
+    memo: dict[sp.Basic, int] = {}
+
+    def size(e: sp.Basic) -> int:
+        if e in memo:
+            return memo[e]
+        stack: list[tuple[sp.Basic, bool]] = [(e, False)]
+        while stack:  # post-order, each shared node once: children before their parents
+            x, ready = stack.pop()
+            if x in memo:
+                continue
+            if not ready:
+                stack.append((x, True))
+                if not isinstance(x, Inverse):
+                    stack.extend(
+                        (a, False) for a in x.args if isinstance(a, MatrixExpr) and a not in memo
+                    )
+                continue
+            if isinstance(x, Inverse) or not x.args or isinstance(
+                x, (MatrixSymbol, Identity, ZeroMatrix)
+            ):
+                memo[x] = 1
+            elif isinstance(x, (MatMul, MatPow)):
+                _, mats = _split_counted(x)
+                paths = 1
+                for (m, count), (m2, _) in zip(mats, mats[1:] + [(None, 0)], strict=True):
+                    inner = nblocks(m.shape[1])
+                    paths *= inner ** (count - 1 if m2 is None else count)
+                memo[x] = paths * sum(count * memo.get(m, 1) for m, count in mats)
+            else:
+                memo[x] = 1 + sum(memo.get(a, 1) for a in x.args if isinstance(a, MatrixExpr))
+        return memo[e]
+
+    total = 0
+    for name in problem.outputs:
+        e = problem.expressions[name]
+        if not isinstance(e, MatrixExpr):
+            continue
+        total += size(e) * nblocks(e.shape[0]) * nblocks(e.shape[1])
+        for x in _inverses(e):
+            b = nblocks(x.shape[0])
+            total += size(x) * b * b + b**3  # the let, its Schur complements and inverse
+    return total
+
+
+def _split_counted(e: sp.Basic) -> tuple[sp.Basic, list[tuple[sp.Basic, int]]]:
+    """Like :func:`split_coeff`, with integer powers as (base, count) instead of repeated
+    factors (a power of 2**40 is counted, not listed)."""
+    if isinstance(e, MatPow) and getattr(e.exp, "is_Integer", False):
+        k = int(e.exp)
+        return sp.Integer(1), [(e.base if k > 0 else Inverse(e.base), abs(k))]
+    out: list[tuple[sp.Basic, int]] = []
+    coeff: sp.Basic = sp.Integer(1)
+    for a in e.args:
+        if isinstance(a, (MatMul, MatPow)):
+            c, ms = _split_counted(a)
+            coeff *= c
+            out.extend(ms)
+        elif isinstance(a, MatrixExpr):
+            out.append((a, 1))
+        else:
+            coeff *= a
+    return coeff, out
 
 
 def inverse_labels(problem: Problem, fb: FactBase) -> dict[sp.Basic, str]:
@@ -257,7 +422,7 @@ def block_problem(problem: Problem, blocks: dict[str, int], fb: FactBase) -> Blo
         data = _read(key)
         cached = _deserialize(problem, blocks, fb, data) if data is not None else None
         if cached is None:
-            data = _serialize(_derive(problem, blocks, fb))
+            data = _derive_data(problem, blocks, fb)
             _write(key, data)
             cached = _deserialize(problem, blocks, fb, data)
             assert cached is not None
@@ -271,6 +436,29 @@ def block_problem(problem: Problem, blocks: dict[str, int], fb: FactBase) -> Blo
 
 
 _MEMORY: dict[str, Blocked] = {}
+
+
+def _derive_data(problem: Problem, blocks: dict[str, int], fb: FactBase) -> dict:
+    """Derive and serialize a blocking, refusing one too large to write out, and turning what
+    SymPy cannot do with it into a :class:`DerivationError` (a failed candidate, not a crash)."""
+    cut = ", ".join(f"blocks.{d} = {b}" for d, b in sorted(blocks.items()) if b > 1)
+    size = blocked_size(problem, blocks)
+    if size > MAX_BLOCK_TERMS:
+        raise DerivationError(
+            f"{cut}: the blocked formulas would have about {size:.3g} block terms, over the "
+            f"limit of {MAX_BLOCK_TERMS} (a product of k factors cut into b blocks has b^(k-1) "
+            "terms per block); use fewer blocks"
+        )
+    try:
+        return _serialize(_derive(problem, blocks, fb))
+    except AutotuneError as exc:
+        if isinstance(exc, DerivationError):
+            raise
+        raise DerivationError(f"{cut}: {exc}") from exc
+    except (ValueError, TypeError, ArithmeticError, NotImplementedError, RecursionError) as exc:
+        raise DerivationError(
+            f"{cut}: SymPy cannot block these formulas ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _derive(
@@ -323,13 +511,16 @@ def _derive(
         )
         for i, j in order:
             r, c = rows[i], rows[j]
+            if len(rows) > 1 and _zero_block(facts, i, j):
+                cells[(i, j)] = ZeroMatrix(r, c)  # known zero: no block, no let
+                continue
             if sym_let and i < j:
                 cells[(i, j)] = Transpose(lsyms[(j, i)])
                 continue
             b = (MatrixSymbol(name, r, c) if len(rows) == 1
                  else MatrixSymbol(f"{name}_{i}_{j}", r, c))
             props = set(facts) if len(rows) == 1 else (
-                {p for p in facts if p in (SYMMETRIC, PD, PSD)} if i == j else set()
+                _diagonal_block_facts(facts) if i == j else set()
             )
             fb.declare(b, props)
             registered.append((b, tuple(sorted(props))))
@@ -352,15 +543,17 @@ def _derive(
                     registered.append((schur, (PD,)))
                 let_labels[canonical(schur, fb)] = label
                 let_labels[canonical(inner, fb)] = label
-            return _collapse(Inverse(BlockMatrix(grid))) if collapse else None
+            if not collapse:
+                return None
+            return [[drop_zeros(e) for e in row] for row in _collapse(Inverse(BlockMatrix(grid)))]
         a = grid[0][0]
         brow, bcol = grid[0][1:], [row[0] for row in grid[1:]]
         ainv = Inverse(a)
         let_labels[canonical(a, fb)] = label
         m = len(grid) - 1
-        sc_value = [[factor_common(grid[i + 1][j + 1] - bcol[i] * ainv * brow[j])
+        sc_value = [[factor_common(drop_zeros(grid[i + 1][j + 1] - bcol[i] * ainv * brow[j]))
                      for j in range(m)] for i in range(m)]
-        sc_facts = frozenset(p for p in facts if p in (SYMMETRIC, PD, PSD, INVERTIBLE))
+        sc_facts = frozenset(p for p in facts if p in _STRUCTURE)
         sc_grid = let_grid(f"{label}_s{depth}", rows[1:], sc_facts, sc_value)
         for row in sc_grid:
             for cell in row:
@@ -377,9 +570,10 @@ def _derive(
                        + [sc_inv[i][j] for j in range(m)])
         # the blocks of the inverse become named intermediates: the outputs that use them stay
         # small expressions (block_collapse of the unnamed formulas grows exponentially)
-        inv_facts = frozenset(p for p in facts if p in (SYMMETRIC, PD, PSD, INVERTIBLE))
+        inv_facts = frozenset(p for p in facts if p in _STRUCTURE)
         inv_grid = let_grid(f"{label}_i{depth}", rows, inv_facts,
-                            [[factor_common(e.doit(deep=False)) for e in row] for row in out])
+                            [[factor_common(drop_zeros(e.doit(deep=False))) for e in row]
+                             for row in out])
         return inv_grid
 
     for x in all_inverted:
@@ -390,7 +584,7 @@ def _derive(
         let = MatrixSymbol(label, x.shape[0], x.shape[1])
         if collapse:
             value_grid = _collapse(_block_inputs(value, subs, block_identity))
-            value_grid = [[factor_common(v) for v in row] for row in value_grid]
+            value_grid = [[factor_common(drop_zeros(v)) for v in row] for row in value_grid]
         else:
             value_grid = [[ZeroMatrix(r, c) for c in rows] for r in rows]
         if SYMMETRIC in facts:
@@ -409,7 +603,7 @@ def _derive(
             continue
         replaced = e.xreplace(let_subs)
         grid = _collapse(_block_inputs(replaced, subs, block_identity))
-        outputs[name] = [[factor_common(v) for v in row] for row in grid]
+        outputs[name] = [[factor_common(drop_zeros(v)) for v in row] for row in grid]
     return Blocked(
         blocks=dict(blocks),
         size_symbols=sizes,
@@ -453,12 +647,20 @@ def _cache_key(problem: Problem, blocks: dict[str, int]) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:24]
 
 
+#: a whole zero block in the cache (the formula language has no zero matrix)
+ZERO = "0"
+
+
+def _cell_text(e: sp.Basic) -> str:
+    return ZERO if isinstance(e, ZeroMatrix) else _formula_text(e)
+
+
 def _serialize(b: Blocked) -> dict:
     return {
         "blocks": b.blocks,
-        "lets": [[sym.name, _formula_text(v)] for sym, v in b.lets],
+        "lets": [[sym.name, _cell_text(v)] for sym, v in b.lets],
         "outputs": {
-            o: [[_formula_text(x) for x in row] for row in grid] for o, grid in b.outputs.items()
+            o: [[_cell_text(x) for x in row] for row in grid] for o, grid in b.outputs.items()
         },
     }
 
@@ -494,12 +696,22 @@ def _deserialize(problem: Problem, blocks: dict[str, int], fb: FactBase, data: d
             env.setdefault(name, sym)
         dims = {s.name: s for syms in skeleton.size_symbols.values() for s in syms}
         dims.update(problem.dim_symbols)
-        lets = [(env[n], parse_formula(v, env, dims, "cache")) for n, v in data["lets"]]
-        outputs = {  # in the problem's order (the file's keys are sorted)
-            o: [[parse_formula(x, env, dims, "cache") for x in row] for row in data["outputs"][o]]
-            for o in problem.outputs
-        }
-    except (KeyError, TypeError, ValueError):
+        def cell(text: str, rows: sp.Basic, cols: sp.Basic) -> sp.Basic:
+            if text == ZERO:
+                return ZeroMatrix(rows, cols)
+            return parse_formula(text, env, dims, "cache", limits=False)
+
+        lets = [(env[n], cell(v, *env[n].shape)) for n, v in data["lets"]]
+        outputs = {}
+        for o in problem.outputs:  # in the problem's order (the file's keys are sorted)
+            shape = problem.expressions[o].shape
+            rows = _dim_sizes(shape[0], skeleton.size_symbols)
+            cols = _dim_sizes(shape[1], skeleton.size_symbols)
+            outputs[o] = [
+                [cell(x, rows[i], cols[j]) for j, x in enumerate(row)]
+                for i, row in enumerate(data["outputs"][o])
+            ]
+    except (KeyError, TypeError, ValueError, IndexError):
         return None
     skeleton.lets = lets
     skeleton.outputs = outputs

@@ -42,6 +42,7 @@ from sympy.matrices.expressions import (
 
 from .blocking import Blocked, block_problem, inverse_labels
 from .errors import DerivationError, KnobError
+from .formula import MAX_FACTORS
 from .program import Program, Step
 from .properties import (
     DIAGONAL,
@@ -59,6 +60,14 @@ from .spec import Problem
 __all__ = ["derive", "block_sizes"]
 
 SHARED_ALWAYS = ("input", "slice", "transpose", "cholesky", "eye", "zeros")
+#: the most steps of one program: without ``cse`` every use of a shared sub-expression is
+#: computed again, which for definitions used several times grows exponentially
+MAX_STEPS = 20_000
+#: the most factors of one chain the ordering accepts (the parser refuses products of more
+#: than ``formula.MAX_FACTORS``; a Cholesky split turns one inverse into two factors)
+MAX_CHAIN = 2 * MAX_FACTORS
+#: the r-th cheapest parenthesization is searched among all of them up to this many factors
+MAX_ENUMERATED = 8
 
 
 def block_sizes(dim: str, blocks: int, cut: Any) -> dict[str, str]:
@@ -117,7 +126,7 @@ def _derive_cached(problem: Problem, knobs_t: tuple, values_t: tuple) -> Program
     blocked = block_problem(problem, blocks, fb) if any(b > 1 for b in blocks.values()) else None
     for name, v in env.items():
         fb.dims[sp.Symbol(name, integer=True, positive=True)] = v
-    fb._cache.clear()
+    fb.clear_caches()
     builder = _Builder(problem, knobs, fb, blocked)
     program = builder.build()
     return Program(
@@ -170,6 +179,12 @@ class _Builder:
         share = self.cse or op in SHARED_ALWAYS
         if share and key in self.hashcons:
             return self.hashcons[key]
+        if len(self.steps) >= MAX_STEPS:
+            raise DerivationError(
+                f"the program would have more than {MAX_STEPS} steps"
+                + ("" if self.cse else " (cse = false computes every use of a shared "
+                   "sub-expression again; use cse = true)")
+            )
         self.steps.append(Step(op, args, shp, attr_t, label))
         idx = len(self.steps) - 1
         if share:
@@ -301,6 +316,8 @@ class _Builder:
                 return inner
             return self.transpose(inner)
         if isinstance(e, Inverse):
+            if isinstance(e.arg, ZeroMatrix):
+                raise DerivationError(f"{_label(e)}: the inverse of a zero block is singular")
             return self.chain([e], _label(e))
         if isinstance(e, MatAdd):
             return self.emit_sum(e)
@@ -494,6 +511,19 @@ class _Builder:
     # -- chains --------------------------------------------------------------------------------
     def chain(self, leaves: list[sp.Basic], label: str) -> int:
         n = len(leaves)
+        if n > MAX_CHAIN:
+            raise DerivationError(
+                f"{label}: a chain of {n} factors, over the limit of {MAX_CHAIN}"
+            )
+        for leaf in leaves:
+            if isinstance(leaf, ZeroMatrix) or (
+                isinstance(leaf, Inverse) and isinstance(leaf.arg, ZeroMatrix)
+            ):
+                # a zero factor makes the product zero; an inverted zero block is singular
+                if isinstance(leaf, Inverse):
+                    raise DerivationError(f"{label}: the inverse of a zero block is singular")
+                shape = (leaves[0].shape[0], leaves[-1].shape[1])
+                return self.add("zeros", (), shape, "0")
         if n == 1:
             leaf = leaves[0]
             if self.is_virtual(leaf):
@@ -557,7 +587,7 @@ class _Builder:
             tree = _fold(0, n - 1, left=True)
         elif order == "right":
             tree = _fold(0, n - 1, left=False)
-        elif order == "optimal" or order == 0 or n > 8:
+        elif order == "optimal" or order == 0 or n > MAX_ENUMERATED:
             tree = _optimal(n, combine_cost, available, mirrored if self.cse else None, pair_cost)
         else:
             trees = sorted(
@@ -710,5 +740,11 @@ def _tree_sig(t: _Tree) -> str:
 
 
 def parenthesizations(n: int) -> list[str]:
-    """Every parenthesization of an n-factor chain, as strings (Catalan(n-1) of them)."""
+    """Every parenthesization of an n-factor chain, as strings (Catalan(n-1) of them; at most
+    ``MAX_ENUMERATED + 2`` factors: Catalan numbers grow exponentially)."""
+    if n > MAX_ENUMERATED + 2:
+        raise DerivationError(
+            f"{n} factors have Catalan({n - 1}) parenthesizations; they are enumerated for at "
+            f"most {MAX_ENUMERATED + 2} factors"
+        )
     return [_tree_sig(t) for t in _all_trees(0, n - 1)]

@@ -33,3 +33,7 @@ class MeasurementError(AutotuneError):
 
 class PlanError(AutotuneError):
     """A stored plan is invalid, corrupted, from a newer schema, or misused."""
+
+
+class ResourceError(AutotuneError):
+    """A problem needs more than this machine has (memory for its sizes)."""

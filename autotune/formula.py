@@ -13,6 +13,15 @@ Functions: ``inv(X)``, ``transpose(X)``, ``eye(d)`` / ``I(d)`` (identity of dime
 
 Dimension formulas (``k = "n // 2"``) use the same tokenizer and a smaller integer grammar
 (``+ - * / // ( )``, integers and dimension names), see :func:`parse_dim_formula`.
+
+Bounded work: SymPy builds every sum and product by walking the whole *written-out* tree of its
+operands (``doit``), so a definition used twice in the next one, and so on, costs twice as
+much per level. The parser therefore refuses, with the field and the figures, a formula
+longer than :data:`MAX_LENGTH` characters, a formula whose written-out tree (definitions copied
+wherever they are used) would exceed :data:`MAX_NODES` nodes or whose operations would walk
+more than :data:`MAX_WORK` nodes in all, and a product of more than :data:`MAX_FACTORS` matrix
+factors (the chain ordering is O(k^3) in the factors). The sizes are
+counted on the shared nodes (a DAG), in time linear in the number of distinct nodes.
 """
 
 from __future__ import annotations
@@ -29,7 +38,19 @@ from sympy.matrices.expressions import MatrixExpr, ZeroMatrix
 
 from .errors import SpecError
 
-__all__ = ["Token", "tokenize", "parse_formula", "parse_dim_formula", "formula_names"]
+__all__ = [
+    "Token",
+    "tokenize",
+    "parse_formula",
+    "parse_dim_formula",
+    "formula_names",
+    "tree_size",
+    "chain_length",
+    "MAX_NODES",
+    "MAX_FACTORS",
+    "MAX_LENGTH",
+    "MAX_WORK",
+]
 
 _TOKEN_RE = re.compile(
     r"""
@@ -44,6 +65,16 @@ _TOKEN_RE = re.compile(
 
 FUNCTIONS = ("inv", "transpose", "eye", "I")
 MAX_DEPTH = 100  # nested parentheses / unary minus / calls: keeps clear of Python's recursion limit
+#: the most characters of one formula (the longest shipped formula has about 40)
+MAX_LENGTH = 100_000
+#: the most nodes of a formula written out as a tree, definitions copied wherever they are used
+#: (the largest shipped output has about 60): SymPy's construction walks that tree
+MAX_NODES = 5_000
+#: the most nodes SymPy may walk building one formula, summed over its operations (about 15 us
+#: each: 1.5 s; a shipped formula needs a few hundred)
+MAX_WORK = 100_000
+#: the most matrix factors of one product (chain), powers counted as repeated factors
+MAX_FACTORS = 64
 
 
 @dataclass(frozen=True)
@@ -53,9 +84,29 @@ class Token:
     pos: int
 
 
+#: formulas longer than this are shown as a window around the error
+ECHO = 120
+
+
 def _error(where: str, text: str, pos: int, message: str) -> SpecError:
-    caret = " " * pos + "^"
-    return SpecError(f"{where}: {message} at position {pos + 1}\n    {text}\n    {caret}")
+    shown, at = _window(text, pos)
+    caret = " " * at + "^"
+    return SpecError(f"{where}: {message} at position {pos + 1}\n    {shown}\n    {caret}")
+
+
+def _window(text: str, pos: int) -> tuple[str, int]:
+    """The formula as shown under an error message, and the caret's column in it: a long
+    formula is cut to :data:`ECHO` characters around the position, marked with ``...``."""
+    if len(text) <= ECHO:
+        return text, pos
+    start = max(0, min(pos - ECHO // 2, len(text) - ECHO))
+    shown = text[start : start + ECHO]
+    at = pos - start
+    if start > 0:
+        shown, at = "..." + shown, at + 3
+    if start + ECHO < len(text):
+        shown += "..."
+    return shown, at
 
 
 def tokenize(text: str, where: str = "formula") -> list[Token]:
@@ -89,6 +140,39 @@ def _shape_str(e: sp.Basic) -> str:
     return "scalar"
 
 
+def tree_size(e: sp.Basic, memo: dict[sp.Basic, int] | None = None) -> int:
+    """Nodes of ``e`` written out as a tree (every shared sub-expression counted once per use),
+    computed on the shared nodes: time linear in the number of *distinct* nodes."""
+    memo = {} if memo is None else memo
+    if e in memo:
+        return memo[e]
+    stack: list[tuple[sp.Basic, bool]] = [(e, False)]
+    while stack:
+        node, ready = stack.pop()
+        if node in memo:
+            continue
+        if ready:
+            memo[node] = 1 + sum(memo[a] for a in node.args)
+            continue
+        stack.append((node, True))
+        stack.extend((a, False) for a in node.args if a not in memo)
+    return memo[e]
+
+
+def chain_length(e: sp.Basic) -> int:
+    """The number of matrix factors the derivation's chain ordering sees in the product ``e``
+    (integer powers count as repeated factors, as :func:`autotune.properties.split_coeff`
+    expands them); 1 for anything that is not a product."""
+    from sympy.matrices.expressions import MatMul, MatPow
+
+    if isinstance(e, MatPow):
+        exp = e.exp
+        return abs(int(exp)) if getattr(exp, "is_Integer", False) else 1
+    if isinstance(e, MatMul):
+        return sum(chain_length(a) for a in e.args if isinstance(a, MatrixExpr))
+    return 1
+
+
 class _Parser:
     def __init__(
         self,
@@ -104,6 +188,9 @@ class _Parser:
         self.tokens = tokenize(text, where)
         self.i = 0
         self.depth = 0
+        self.sizes: dict[sp.Basic, int] = {}
+        self.limits = True
+        self.work = 0  # nodes SymPy walks building the formula so far (see check_size)
 
     # -- token helpers -------------------------------------------------------------------
     @property
@@ -124,6 +211,40 @@ class _Parser:
     def err(self, pos: int, message: str) -> SpecError:
         return _error(self.where, self.text, pos, message)
 
+    def check_size(self, pos: int, *operands: sp.Basic) -> None:
+        """Refuse, before SymPy walks them, operands whose written-out tree is too large."""
+        if not self.limits:
+            return
+        total = 1 + sum(tree_size(o, self.sizes) for o in operands)
+        if total > MAX_NODES:
+            raise self.err(
+                pos,
+                f"formula too large: written out, each definition copied wherever it is used, "
+                f"it has at least {total} nodes, over the limit of {MAX_NODES} (definitions that "
+                "each use the previous one twice double at every level)",
+            )
+        self.work += total
+        if self.work > MAX_WORK:
+            raise self.err(
+                pos,
+                f"formula too costly to build: its operations walk {self.work} nodes of their "
+                f"operands written out (each definition copied wherever it is used), over the "
+                f"limit of {MAX_WORK}; split it into [definitions]",
+            )
+
+    def check_chain(self, pos: int, e: sp.Basic) -> sp.Basic:
+        if not self.limits:
+            return e
+        factors = chain_length(e)
+        if factors > MAX_FACTORS:
+            raise self.err(
+                pos,
+                f"a product of {factors} matrix factors, over the limit of {MAX_FACTORS} "
+                "(the chain ordering is cubic in the number of factors); split it into "
+                "definitions",
+            )
+        return e
+
     # -- grammar ---------------------------------------------------------------------------
     def parse(self) -> sp.Basic:
         if self.tok.kind == "end":
@@ -139,7 +260,10 @@ class _Parser:
         while self.tok.text in ("+", "-"):
             op = self.advance()
             rhs = self.term()
-            e = self.add(e, rhs if op.text == "+" else -rhs, start, op.pos)
+            if op.text == "-":
+                self.check_size(op.pos, rhs)
+                rhs = -rhs
+            e = self.add(e, rhs, start, op.pos)
         return e
 
     def term(self) -> sp.Basic:
@@ -155,7 +279,8 @@ class _Parser:
                     )
                 if rhs.is_zero:  # also 0.0: SymPy's Float(0.0) == 0 is False
                     raise self.err(op.pos, "division by zero")
-                e = e / rhs
+                self.check_size(op.pos, e, rhs)
+                e = self.check_chain(op.pos, e / rhs)
             else:
                 e = self.mul(e, rhs, start, op.pos)
         return e
@@ -169,8 +294,10 @@ class _Parser:
             )
         try:
             if self.tok.text == "-":
-                self.advance()
-                return -self.unary()
+                pos = self.advance().pos
+                operand = self.unary()
+                self.check_size(pos, operand)
+                return -operand
             if self.tok.text == "+":
                 self.advance()
                 return self.unary()
@@ -181,8 +308,10 @@ class _Parser:
     def postfix(self) -> sp.Basic:
         e = self.atom()
         while self.tok.kind == "dotT" or self.tok.text == "'":
-            self.advance()
-            e = e.T if isinstance(e, MatrixExpr) else e
+            pos = self.advance().pos
+            if isinstance(e, MatrixExpr):
+                self.check_size(pos, e)
+                e = e.T
         return e
 
     def atom(self) -> sp.Basic:
@@ -248,7 +377,10 @@ class _Parser:
         arg = self.expr()
         self.expect(")")
         if fn.text == "transpose":
-            return arg.T if isinstance(arg, MatrixExpr) else arg
+            if isinstance(arg, MatrixExpr):
+                self.check_size(arg_pos, arg)
+                return arg.T
+            return arg
         if not isinstance(arg, MatrixExpr):
             if arg.is_zero:
                 raise self.err(arg_pos, "inv() of zero")
@@ -277,6 +409,7 @@ class _Parser:
                 f"shapes do not conform for '+'/'-': {_short(a)} is {_shape_str(a)} but "
                 f"{_short(b)} is {_shape_str(b)}",
             )
+        self.check_size(pos, a, b)
         return a + b
 
     def mul(self, a: sp.Basic, b: sp.Basic, start: int, pos: int) -> sp.Basic:
@@ -287,7 +420,8 @@ class _Parser:
                     f"shapes do not conform for '*': {_short(a)} is {_shape_str(a)} and "
                     f"{_short(b)} is {_shape_str(b)}",
                 )
-        return a * b
+        self.check_size(pos, a, b)
+        return self.check_chain(pos, a * b)
 
 
 def _short(e: sp.Basic, limit: int = 40) -> str:
@@ -300,13 +434,23 @@ def parse_formula(
     names: Mapping[str, sp.Basic],
     dims: Mapping[str, sp.Symbol] | None = None,
     where: str = "formula",
+    limits: bool = True,
 ) -> sp.Basic:
     """Parse ``text`` into a SymPy (matrix) expression over ``names``.
 
     ``names`` maps identifiers to SymPy objects (``MatrixSymbol``, scalar ``Symbol`` or
     already-parsed definitions). Raises :class:`SpecError` naming ``where`` and the position.
+    ``limits=False`` lifts :data:`MAX_LENGTH`, :data:`MAX_NODES`, :data:`MAX_WORK` and
+    :data:`MAX_FACTORS`, for text autotune wrote itself under its own bound (the blocked
+    formulas of its cache).
     """
+    if limits and isinstance(text, str) and len(text) > MAX_LENGTH:
+        raise SpecError(
+            f"{where}: formula of {len(text)} characters, over the limit of {MAX_LENGTH}; "
+            "split it into [definitions]"
+        )
     parser = _Parser(text, names, dims or {}, where)
+    parser.limits = limits
     try:
         return parser.parse()
     except SpecError:

@@ -3,14 +3,32 @@
 Matrices are well conditioned by construction (SPD: ``G G.T / c + I``-like spectra in [1, 5];
 triangular: unit-order diagonal with small off-diagonal entries; invertible: ``3 I + G``), so
 that accuracy checks measure the algorithm, not an ill-posed instance.
+
+Before anything is allocated, :func:`check_fits` compares :func:`estimate_bytes` (the inputs,
+the outputs and the float64 reference, from the shapes) with the memory this machine has
+available, and refuses with a :class:`~autotune.errors.ResourceError` naming the sizes, the
+largest array and the estimate; :func:`random_instance` calls it first.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
+import sympy as sp
+from sympy.matrices.expressions import (
+    Inverse,
+    MatMul,
+    MatPow,
+    MatrixExpr,
+    MatrixSymbol,
+    Transpose,
+)
 
+from .errors import ResourceError
 from .properties import (
     DIAGONAL,
     FULL_RANK,
@@ -28,7 +46,17 @@ from .properties import (
 )
 from .spec import Problem
 
-__all__ = ["random_matrix", "random_instance", "check_property", "instance_seed"]
+__all__ = [
+    "random_matrix",
+    "random_instance",
+    "check_property",
+    "instance_seed",
+    "MemoryEstimate",
+    "memory_estimate",
+    "estimate_bytes",
+    "check_fits",
+    "available_memory",
+]
 
 
 def random_matrix(
@@ -106,8 +134,11 @@ def instance_seed(seed: int, name: str) -> np.random.Generator:
 def random_instance(
     problem: Problem, dims: Mapping[str, int] | None = None, seed: int = 0, dtype: str = "float64"
 ) -> dict[str, np.ndarray | float]:
-    """Inputs by name, honoring the declared properties; reproducible for a seed."""
+    """Inputs by name, honoring the declared properties; reproducible for a seed. Refuses
+    (:class:`~autotune.errors.ResourceError`, nothing allocated) a problem whose estimated
+    memory does not fit in this machine's available memory."""
     values = problem.resolve_dims(dims)
+    check_fits(problem, values, dtype)
     out: dict[str, np.ndarray | float] = {}
     for name, spec in problem.inputs.items():
         rng = instance_seed(seed, name)
@@ -117,6 +148,180 @@ def random_instance(
         else:
             out[name] = random_matrix(problem.shape_of(name, values), facts, rng, dtype)
     return out
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a problem needs at given sizes, before any candidate runs."""
+
+    inputs: int  # the random instance, in the dtype
+    outputs: int  # one candidate's outputs, in the dtype
+    reference: int  # the float64 reference: every intermediate it keeps, factors, temporaries
+    scratch: int  # the largest temporary of making an instance (a Gram matrix and its factor)
+    largest: tuple[str, tuple[int, int]]  # the largest single array: (what, shape)
+
+    @property
+    def total(self) -> int:
+        return self.inputs + self.outputs + self.reference + self.scratch
+
+
+def _bytes(shape: tuple[int, int], itemsize: int) -> int:
+    return shape[0] * shape[1] * itemsize
+
+
+@lru_cache(maxsize=64)
+def _reference_nodes(problem: Problem) -> tuple[tuple[str, tuple[sp.Basic, ...]], ...]:
+    """The arrays the reference evaluator keeps, as symbolic shapes: every distinct matrix
+    node of the outputs (a DAG walk, linear in the distinct nodes) that is not an input or a
+    transpose (a view), the LU factors and right-hand side of every inverted matrix, and the
+    largest partial product of every chain."""
+    from .properties import split_coeff
+
+    out: list[tuple[str, tuple[sp.Basic, ...]]] = []
+    seen: set[sp.Basic] = set()
+    stack = [e for e in problem.output_exprs.values() if isinstance(e, MatrixExpr)]
+    while stack:
+        e = stack.pop()
+        if e in seen or not isinstance(e, MatrixExpr):
+            continue
+        seen.add(e)
+        stack.extend(a for a in e.args if isinstance(a, MatrixExpr))
+        if isinstance(e, (MatrixSymbol, Transpose)):
+            continue
+        out.append(("node", (e.shape[0], e.shape[1])))
+        if isinstance(e, Inverse):  # LU factors and the identity it solves against
+            out.append(("lu", (e.shape[0], e.shape[1])))
+            out.append(("eye", (e.shape[0], e.shape[1])))
+        elif isinstance(e, (MatMul, MatPow)):
+            _, mats = split_coeff(e)
+            last = mats[-1].shape[1]
+            for m in mats[1:]:  # partial products acc = m_i ... m_k: (rows(m_i), cols(m_k))
+                out.append(("partial", (m.shape[0], last)))
+    return tuple(out)
+
+
+def memory_estimate(
+    problem: Problem, dims: Mapping[str, int] | None = None, dtype: str = "float64"
+) -> MemoryEstimate:
+    """Estimate, from the shapes alone (nothing is allocated), the memory of tuning a problem at
+    these sizes: the inputs and outputs in ``dtype`` and the float64 reference."""
+    values = problem.resolve_dims(dims)
+    itemsize = np.dtype(dtype).itemsize
+    subs = {problem.dim_symbols[d]: v for d, v in values.items()}
+
+    def size(d: sp.Basic) -> int:
+        if isinstance(d, int):
+            return d
+        if isinstance(d, sp.Symbol) and d in subs:
+            return subs[d]
+        return int(sp.sympify(d).subs(subs))
+
+    largest: tuple[str, tuple[int, int]] = ("", (0, 0))
+
+    def note(what: str, shape: tuple[int, int]) -> None:
+        nonlocal largest
+        if shape[0] * shape[1] > largest[1][0] * largest[1][1]:
+            largest = (what, shape)
+
+    inputs = 0
+    as_float64 = 0  # the reference reads the inputs in float64: a copy unless they are
+    scratch = 0
+    for name, spec in problem.inputs.items():
+        if spec.is_scalar:
+            continue
+        shape = problem.shape_of(name, values)
+        note(f"input {name}", shape)  # type: ignore[arg-type]
+        inputs += _bytes(shape, itemsize)  # type: ignore[arg-type]
+        if itemsize != 8:
+            as_float64 += _bytes(shape, 8)  # type: ignore[arg-type]
+        # making it: a Gram matrix G G.T from G, or a QR factorization (float64)
+        scratch = max(scratch, 3 * _bytes(shape, 8))  # type: ignore[arg-type]
+    outputs = 0
+    ref_outputs = 0
+    for name in problem.outputs:
+        shape = problem.shape_of(name, values)
+        if not shape:
+            continue
+        note(f"output {name}", shape)  # type: ignore[arg-type]
+        outputs += _bytes(shape, itemsize)  # type: ignore[arg-type]
+        ref_outputs += _bytes(shape, 8)  # type: ignore[arg-type]
+    kept = 0
+    partial = 0
+    for kind, sym_shape in _reference_nodes(problem):
+        shape = (size(sym_shape[0]), size(sym_shape[1]))
+        if kind == "partial":  # transient: only the largest one counts
+            partial = max(partial, _bytes(shape, 8))
+            continue
+        note(f"reference {kind}", shape)
+        kept += _bytes(shape, 8)
+    return MemoryEstimate(
+        inputs=inputs,
+        outputs=outputs,
+        reference=as_float64 + kept + partial + ref_outputs,
+        scratch=scratch,
+        largest=largest,
+    )
+
+
+def estimate_bytes(
+    problem: Problem, dims: Mapping[str, int] | None = None, dtype: str = "float64"
+) -> int:
+    """Bytes a problem needs at these sizes (inputs, outputs, the float64 reference): see
+    :func:`memory_estimate`."""
+    return memory_estimate(problem, dims, dtype).total
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation on this machine: ``MemAvailable`` of
+    ``/proc/meminfo`` (Linux), else the free physical pages (``os.sysconf``); None when
+    neither can be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"  # pragma: no cover
+
+
+def check_fits(
+    problem: Problem,
+    dims: Mapping[str, int] | None = None,
+    dtype: str = "float64",
+    available: int | None = None,
+) -> MemoryEstimate:
+    """Refuse (:class:`~autotune.errors.ResourceError`) a problem whose estimated memory at
+    these sizes exceeds the memory available on this machine (``available`` bytes, by default
+    :func:`available_memory`); return the estimate. Call it before anything is allocated."""
+    values = problem.resolve_dims(dims)
+    est = memory_estimate(problem, values, dtype)
+    avail = available_memory() if available is None else available
+    if avail is not None and est.total > avail:
+        sizes = ", ".join(f"{d}={v}" for d, v in values.items())
+        what, shape = est.largest
+        raise ResourceError(
+            f"{problem.origin}: problem {problem.name!r} at {sizes} needs about "
+            f"{_human(est.total)} in {dtype} (inputs {_human(est.inputs)}, outputs "
+            f"{_human(est.outputs)}, float64 reference {_human(est.reference)}; the largest "
+            f"array, {what}, is {shape[0]}x{shape[1]}), more than the {_human(avail)} of "
+            "memory available on this machine; use smaller sizes"
+        )
+    return est
 
 
 def check_property(x: np.ndarray, prop: str, rtol: float = 1e-8) -> bool:

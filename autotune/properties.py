@@ -171,15 +171,22 @@ class FactBase:
     extra: dict[sp.Basic, Facts] = field(default_factory=dict)
     dims: dict[sp.Symbol, int] = field(default_factory=dict)
     _cache: dict[sp.Basic, Facts] = field(default_factory=dict, repr=False)
+    #: canonical forms by expression: shared sub-expressions (a DAG) are canonicalised once
+    _canon: dict[sp.Basic, sp.Basic] = field(default_factory=dict, repr=False)
 
     def declare(self, atom: sp.Basic, props: Iterable[str]) -> None:
         self.atoms[atom] = close_facts(props, _is_square(atom))
-        self._cache.clear()
+        self.clear_caches()
 
     def register(self, expr: sp.Basic, props: Iterable[str]) -> None:
         key = canonical(expr, self)
         self.extra[key] = close_facts(set(props) | self.extra.get(key, set()), _is_square(expr))
+        self.clear_caches()
+
+    def clear_caches(self) -> None:
+        """Forget inferred facts and canonical forms (after a declaration or new dims)."""
         self._cache.clear()
+        self._canon.clear()
 
     def size(self, d: sp.Basic) -> int | None:
         try:
@@ -210,7 +217,35 @@ def is_symmetric_atom(e: sp.Basic, fb: FactBase) -> bool:
 def canonical(expr: sp.Basic, fb: FactBase) -> sp.Basic:
     """A canonical form for structural comparison: transposes pushed to the leaves and dropped
     on symmetric atoms, so ``(H*Sigma).T`` and ``Sigma*H.T`` compare equal when Sigma is
-    symmetric."""
+    symmetric. Memoised on the fact base: a sub-expression shared by several others (a
+    definition used twice) is canonicalised once, so the work is linear in the distinct
+    nodes."""
+    memo = fb._canon
+    hit = memo.get(expr)
+    if hit is None:
+        hit = _canonical(expr, fb)
+        # Keep one object per value: the expression itself when it is already canonical, else
+        # the first equal canonical form built (by any fact base). Comparing two equal but
+        # distinct copies of a DAG walks it as a tree (SymPy compares structurally, and its
+        # caches compare keys), so equal forms must be the same object. The comparisons here
+        # are cheap: the operands' arguments already are those shared objects.
+        if hit is not expr:
+            if hit == expr:
+                hit = expr
+            else:
+                if len(_INTERN) > MAX_INTERNED:
+                    _INTERN.clear()
+                hit = _INTERN.setdefault(hit, hit)
+        memo[expr] = hit
+    return hit
+
+
+#: canonical forms by value, shared by every fact base (see :func:`canonical`)
+_INTERN: dict[sp.Basic, sp.Basic] = {}
+MAX_INTERNED = 200_000
+
+
+def _canonical(expr: sp.Basic, fb: FactBase) -> sp.Basic:
     if isinstance(expr, Transpose):
         arg = expr.arg
         if isinstance(arg, MatMul):

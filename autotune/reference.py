@@ -98,9 +98,21 @@ class _Evaluator:
             lu, piv = sl.lu_factor(m, check_finite=False)
             anorm = np.abs(m).sum(axis=0).max()
             rcond, _ = sl.lapack.dgecon(lu, anorm, norm="1")
-            self.conditions[str(a)] = float(np.inf if rcond == 0 else 1.0 / rcond)
+            name = _name(a, len(self.conditions) + 1)
+            self.conditions[name] = float(np.inf if rcond == 0 else 1.0 / rcond)
             self.lu[a] = (lu, piv)
         return sl.lu_solve(self.lu[a], rhs, check_finite=False)
+
+
+def _name(e: sp.Basic, number: int, limit: int = 200) -> str:
+    """SymPy's text of ``e`` when it is small; a shared sub-expression is printed once per use,
+    so a large one (nested definitions) is named by its size instead of printed in full."""
+    from .formula import tree_size
+
+    size = tree_size(e)
+    if size <= limit:
+        return str(e)
+    return f"<inverted matrix {number}: {type(e).__name__} of {size} nodes>"
 
 
 def evaluate_reference(

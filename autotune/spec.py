@@ -31,7 +31,14 @@ import yaml
 from sympy.matrices.expressions import MatrixExpr, MatrixSymbol
 
 from .errors import SpecError
-from .formula import FUNCTIONS, formula_names, parse_dim_formula, parse_formula
+from .formula import (
+    FUNCTIONS,
+    MAX_NODES,
+    formula_names,
+    parse_dim_formula,
+    parse_formula,
+    tree_size,
+)
 from .properties import FactBase, Facts, validate_properties
 
 __all__ = ["Problem", "InputSpec", "load_problem", "parse_problem", "problem_names"]
@@ -40,8 +47,13 @@ TOP_LEVEL = ("problem", "dims", "inputs", "definitions", "outputs", "search")
 INPUT_KEYS = ("shape", "properties", "description")
 DTYPES = ("float64", "float32")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
-RESERVED = set(FUNCTIONS) | {"T"}
+RESERVED = set(FUNCTIONS) | {"T"}  # T: the transpose suffix (X.T)
+#: a problem name becomes part of file names (plans, studies): a safe file-name component
+_PROBLEM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z", re.ASCII)
+MAX_NAME = 100
 MAX_CHAIN = 50  # definitions (or derived dims) referring to each other, deepest chain
+#: parsed formulas by :meth:`Problem._formula_key` (insertion-ordered, the oldest dropped)
+_PARSED: dict[tuple, dict[str, sp.Basic]] = {}
 
 
 @dataclass(frozen=True)
@@ -179,8 +191,25 @@ class Problem:
     @cached_property
     def expressions(self) -> dict[str, sp.Basic]:
         """Definitions and outputs as SymPy expressions over the inputs (definitions
-        inlined)."""
-        return _parse_formulas(self)
+        inlined). Parsed once per distinct set of formulas, however many copies of the problem
+        are made (``dataclasses.replace`` for another [search] table re-uses the parse)."""
+        key = self._formula_key()
+        hit = _PARSED.get(key)
+        if hit is None:
+            hit = _parse_formulas(self)
+            _PARSED[key] = hit
+            while len(_PARSED) > 64:
+                _PARSED.pop(next(iter(_PARSED)))
+        return dict(hit)
+
+    def _formula_key(self) -> tuple:
+        """What the parsed formulas depend on: dims, input names and shapes, the formulas."""
+        return (
+            tuple(self.dims),
+            tuple((n, s.shape) for n, s in self.inputs.items()),
+            tuple(self.definitions.items()),
+            tuple(self.outputs.items()),
+        )
 
     @property
     def output_exprs(self) -> dict[str, sp.Basic]:
@@ -224,6 +253,13 @@ class Problem:
                 raise SpecError(
                     f"from_sympy: output {oname!r} must be a SymPy matrix expression, got "
                     f"{type(expr).__name__}; for formulas as text use parse_problem"
+                )
+            # the problem is stored as text, a tree: refuse what would not parse back
+            size = tree_size(expr)
+            if size > MAX_NODES:
+                raise SpecError(
+                    f"from_sympy: output {oname!r} written out as a formula has {size} nodes, "
+                    f"over the limit of {MAX_NODES}"
                 )
         atoms: dict[str, sp.Basic] = {}
         for expr in outputs.values():
@@ -337,8 +373,51 @@ def _check_name(name: Any, where: str) -> str:
     if not isinstance(name, str) or not _IDENT.match(name):
         raise SpecError(f"{where}: {name!r} is not a valid name (letters, digits, '_')")
     if name in RESERVED:
-        raise SpecError(f"{where}: {name!r} is reserved (functions: {', '.join(FUNCTIONS)})")
+        raise SpecError(
+            f"{where}: {name!r} is reserved; reserved names: {', '.join(sorted(RESERVED))} "
+            "(the functions inv, transpose, eye, I and the transpose suffix T)"
+        )
     return name
+
+
+def check_problem_name(name: Any, where: str) -> str:
+    """A problem name is part of the file names of its plans and studies: letters, digits,
+    ``_``, ``-`` and ``.``, not starting with ``.`` or ``-``, at most :data:`MAX_NAME`
+    characters."""
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"{where} must be a non-empty string, got {name!r}")
+    if len(name) > MAX_NAME:
+        raise SpecError(
+            f"{where}: {_short_text(name)} has {len(name)} characters; a problem name has at "
+            f"most {MAX_NAME} (it becomes part of the plan's file name)"
+        )
+    if not _PROBLEM_NAME.match(name):
+        bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "_.-"))})
+        if len(bad) == 1:
+            what = f"the character {bad[0]!r} is not allowed"
+        elif bad:
+            what = f"the characters {' '.join(map(repr, bad))} are not allowed"
+        else:
+            what = "it must not start with '.' or '-'"
+        raise SpecError(
+            f"{where}: {_short_text(name)} is not a valid problem name ({what}); use letters, "
+            "digits, '_', '-' and '.' (it becomes part of the plan's file name)"
+        )
+    return name
+
+
+def _short_text(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _default_name(origin: str) -> str:
+    """The file's stem, made a valid problem name."""
+    if origin.startswith("<"):
+        return "problem"
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(origin).stem)[:MAX_NAME]
+    if not stem or not _PROBLEM_NAME.match(stem):
+        stem = ("p" + stem)[:MAX_NAME] if stem else "problem"
+    return stem
 
 
 def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -> Problem:
@@ -371,10 +450,7 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
             raise SpecError(
                 f"{origin}: [problem]: unknown field {key!r}; valid: name, description, dtype"
             )
-    default_name = Path(origin).stem if not origin.startswith("<") else "problem"
-    name = meta.get("name", default_name)
-    if not isinstance(name, str) or not name:
-        raise SpecError(f"{origin}: [problem].name must be a non-empty string")
+    name = check_problem_name(meta.get("name", _default_name(origin)), f"{origin}: [problem].name")
     description = meta.get("description", "")
     if not isinstance(description, str):
         raise SpecError(f"{origin}: [problem].description must be a string")

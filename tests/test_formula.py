@@ -156,6 +156,11 @@ BAD = [
     ("a/0e-99999999", "division by zero", 1),
     ("\u0661*A", "unexpected character", 0),  # an Arabic-Indic digit is not a number here
     ("(" * 150 + "A" + ")" * 150, "nested too deeply", None),
+    ("*".join(["A"] * 65), "a product of 65 matrix factors, over the limit of 64", 127),
+    ("*".join(["A", "B"] * 40), "a product of 65 matrix factors", 127),
+    ("(A*B)" + "*(A*B)" * 69, "a product of 65 matrix factors", 383),  # (A*B)**65
+    ("A + " * 30000 + "A", "formula of 120001 characters, over the limit of 100000", None),
+    ("A*B" + " + C - C" * 5000, "formula too costly to build", None),
     ("-" * 2000 + "A", "nested too deeply", None),
 ]
 
@@ -170,8 +175,12 @@ def test_errors_name_the_place(text, message, pos):
     if pos is not None:
         assert f"at position {pos + 1}" in msg
         lines = msg.splitlines()
-        assert lines[-2] == "    " + text  # the formula, then a caret under the culprit
-        assert lines[-1] == "    " + " " * pos + "^"
+        if len(text) <= 120:
+            assert lines[-2] == "    " + text  # the formula, then a caret under the culprit
+            assert lines[-1] == "    " + " " * pos + "^"
+        else:  # a long formula is shown as a window around the culprit
+            shown, col = lines[-2][4:], lines[-1].index("^") - 4
+            assert len(shown) <= 126 and shown[col] == text[pos]
 
 
 def test_unknown_symbol_lists_known_names_and_suggests():

@@ -402,7 +402,42 @@ BAD_EDITS = [
         'mu = { shape = ["n", 0]',
         ["inputs.mu.shape", "sizes must be positive"],
     ),
-    ("reserved-name", "data = {", "inv = {", ["inputs.inv", "reserved"]),
+    (
+        "reserved-name",
+        "data = {",
+        "inv = {",
+        ["inputs.inv", "reserved", "reserved names: I, T, eye, inv, transpose"],
+    ),
+    (
+        "reserved-name-T",
+        "data = {",
+        "T = {",
+        ["inputs.T", "'T' is reserved", "reserved names: I, T, eye, inv, transpose"],
+    ),
+    (
+        "name-with-slash",
+        'name = "kalman"',
+        'name = "runs/kalman"',
+        ["[problem].name", "'runs/kalman'", "the character '/' is not allowed"],
+    ),
+    (
+        "name-too-long",
+        'name = "kalman"',
+        'name = "' + "k" * 241 + '"',
+        ["[problem].name", "241 characters", "at most 100"],
+    ),
+    (
+        "name-with-spaces-and-colon",
+        'name = "kalman"',
+        'name = "kalman: v2"',
+        ["[problem].name", "the characters ' ' ':' are not allowed"],
+    ),
+    (
+        "product-too-long",
+        S_LINE,
+        'S = "R + H*Sigma*H.T"\nP = "' + "*".join(["Sigma"] * 65) + '"',
+        ["definitions.P", "a product of 65 matrix factors, over the limit of 64"],
+    ),
     ("input-is-dim", "data = {", "n = {", ["inputs.n", "already a dimension"]),
     ("definition-is-input", S_LINE, 'S = "R + H*Sigma*H.T"\nmu = "mu"', ["'mu' is defined twice"]),
     (
