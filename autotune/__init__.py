@@ -20,9 +20,11 @@ from .errors import (
     KnobError,
     MeasurementError,
     PlanError,
+    ResourceError,
     SpecError,
     TargetError,
 )
+from .instances import check_fits, estimate_bytes
 from .plan import Plan, read_plan
 from .space import knob_space, named_point
 from .spec import Problem, load_problem, parse_problem
@@ -40,10 +42,13 @@ __all__ = [
     "PlanError",
     "PlanWarning",
     "Problem",
+    "ResourceError",
     "SpecError",
     "TargetError",
     "TunedFunction",
+    "check_fits",
     "derive",
+    "estimate_bytes",
     "find_plan",
     "knob_space",
     "load_plan",

@@ -127,6 +127,9 @@ def run(problem_name: str, n: int | None, dim: tuple[str, ...], trials: int, tim
 
     problem = load_problem(problem_name)
     dims = _parse_dims(n, dim, problem)
+    from .instances import check_fits
+
+    check_fits(problem, dims, dtype)  # before anything is allocated: a clear refusal
     names = list(targets) or _default_targets(problem)
     for t in names:
         check_available(parse_target(t))

@@ -844,6 +844,9 @@ def compile_function(
         from .pinned import pinned_mode
 
         mode = pinned_mode(t.spec.pytensor_mode(), rewrites)
+        # an input the derivation never reads (a blocked identity: its blocks are identities
+        # and zeros) is still an argument of the plan
+        kw.setdefault("on_unused_input", "ignore")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_BLAS_WARNING)
             fn = pytensor.function(inputs, outputs, mode=mode, **kw)

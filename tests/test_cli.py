@@ -71,17 +71,40 @@ def test_report_writes_csv_and_plots(small_run):
         (["run", "--problem", "gls", "--n", "10", "--dim", "m=0"], "positive integer"),
         (["show", "missing.json"], "no such plan"),
         (["report", "--n", "12345"], "no study"),
+        (["run", "--n", "1000000000"], "more than the"),  # refused before any allocation
+        (["verify", "missing.json"], "no such plan"),
     ],
 )
 def test_bad_input_is_a_clear_error(args, message, tmp_path):
-    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path)] if args[0] != "show" else args)
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path)]
+                           if args[0] not in ("show", "verify") else args)
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert "Traceback" not in r.output
 
 
+def test_verify_a_fresh_plan(small_run):
+    """verify re-times the plan against its baselines here and says it holds (exit 0), or
+    why not (exit 1); --json carries the figures."""
+    out, _ = small_run
+    plan = next(out.glob("plan-*.json"))
+    r = _cli("verify", str(plan), "--repeats", "3", "--json")
+    assert r.returncode in (0, 1), r.stderr[-3000:]
+    v = json.loads(r.stdout)
+    assert v["holds"] == (r.returncode == 0)
+    assert v["rounds"] == 3 and len(v["samples"]) == 3
+    assert set(v["baselines"]) == {"numpy", "naive", "pytensor", "flop-optimal"}
+    assert all(b["median"] for b in v["baselines"].values())
+    assert v["limit_ratio"] is None or v["limit_ratio"] >= 1.0
+
+
 def test_targets_and_problems():
     r = CliRunner().invoke(main, ["targets"])
     assert r.exit_code == 0 and "numba" in r.output
+    # install hints survive the console markup: 'autotune[torch]' is printed whole
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        assert "autotune[torch]" in r.output
     r = CliRunner().invoke(main, ["problems"])
     assert r.exit_code == 0 and "kalman" in r.output and "gls" in r.output
