@@ -75,7 +75,7 @@ def run_final_round(
     entries: dict[str, Entry],
     measure: Callable[[Job, float], Measurement],
     job_for: Callable[[Entry, TimingPolicy], Job],
-    timeout: float,
+    timeout: float | Callable[[], float],
     *,
     gemm: Callable[[str], float] | None = None,
     deadline: float = math.inf,
@@ -87,7 +87,8 @@ def run_final_round(
 ) -> Contest:
     """Re-time ``entries`` interleaved and choose; updates ``entries`` in place with the
     measurement of an entry first timed here. ``gemm(target)`` times a GEMM on a target
-    (FLOP/s), once per round for every target a candidate runs on."""
+    (FLOP/s), once per round for every target a candidate runs on. ``timeout``: seconds one
+    measurement may take, or a function giving them (what is left of the run's budget)."""
     samples: dict[str, list[float]] = {k: [] for k in entries}
     rates: dict[str, list[float]] = {}
     live = dict(entries)
@@ -137,7 +138,7 @@ def _one_round(live: dict[str, Entry], entries: dict[str, Entry],
         # sample, so that one preempted call of a few microseconds decides nothing
         calls = calls_per_turn(e.measurement.median if e.measurement.samples else math.inf)
         policy = TimingPolicy(warmup=1 if first else 0, min_repeats=calls, max_repeats=calls)
-        m = measure(job_for(e, policy), timeout)
+        m = measure(job_for(e, policy), timeout() if callable(timeout) else timeout)
         if m.ok:
             samples[k].append(statistics.median(m.samples))
             if not e.measurement.samples:  # a baseline first measured here

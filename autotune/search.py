@@ -148,6 +148,13 @@ class _State:
     settled: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
     trial_seconds: list[float] = field(default_factory=list)  # wall time of measured trials
+    deadline: float = math.inf
+    clock: Callable[[], float] = time.monotonic
+
+    def timeout(self, limit: float) -> float:
+        """A measurement's time limit: the candidate timeout, or what is left of the run's
+        budget (at least 10 s), whichever is shorter."""
+        return min(limit, max(10.0, self.deadline - self.clock()))
 
 
 def tune(
@@ -185,6 +192,7 @@ def tune(
                           named=baselines_knobs)
     fail_stale_trials(study, config.candidate_timeout)
     state = _resume(study)
+    state.deadline, state.clock = deadline, clock
     _search(problem, dims, config, study, space, baselines_knobs, state, measure, derivations,
             progress, clock, deadline)
     if not final:
@@ -291,7 +299,8 @@ def _named_points(problem, dims, config, derivations) -> dict[str, dict[str, Any
     from .space import default_knobs
 
     try:
-        return derivations.named_points(problem, dims, config.candidate_timeout)
+        return derivations.named_points(problem, dims,
+                                        min(config.candidate_timeout, config.timeout))
     except AutotuneError:
         return {"naive": named_point(problem, "naive", dims),
                 "seed-2x2": named_point(problem, "seed-2x2", dims),
@@ -447,7 +456,7 @@ def _evaluate(problem, dims, low, knobs, target, config, measure, derivations, s
               exempt: bool) -> tuple[str, float, dict[str, Any]]:
     info: dict[str, Any] = {"knobs": knobs}
     try:
-        flops = derivations.flops(problem, knobs, dims, config.candidate_timeout)
+        flops = derivations.flops(problem, knobs, dims, st.timeout(config.candidate_timeout))
     except Exception as exc:  # noqa: BLE001 - a candidate that cannot be derived is recorded
         from .errors import KnobError
 
@@ -469,7 +478,7 @@ def _evaluate(problem, dims, low, knobs, target, config, measure, derivations, s
         m_low = measure(Job(*src, low, knobs, target, config.dtype, config.seed,
                             TimingPolicy(warmup=1, min_repeats=3, max_repeats=5,
                                          max_seconds=5.0), reuse_graph=True),
-                        config.candidate_timeout)
+                        st.timeout(config.candidate_timeout))
         info.update(low_status=m_low.status, low_median=m_low.median if m_low.samples else None)
         if m_low.status not in ("ok", "slow"):
             info.update(status=m_low.status, message=m_low.message, errors=m_low.errors)
@@ -479,7 +488,7 @@ def _evaluate(problem, dims, low, knobs, target, config, measure, derivations, s
             return "pruned", math.inf, info
     m = measure(Job(*src, dims, knobs, target, config.dtype, config.seed, config.policy,
                     best if math.isfinite(best) and not exempt else None, reuse_graph=True),
-                config.candidate_timeout)
+                st.timeout(config.candidate_timeout))
     info.update(status=m.status, message=m.message, measurement=m.to_json())
     if m.graph:
         info["graph"] = m.graph
@@ -550,7 +559,7 @@ def _final(problem, dims, config, contenders, st: _State, measure, dgemm_rate, p
             return math.nan  # a failed GEMM timing: this round has no rate
 
     return run_final_round(
-        contenders, measure, job_for, config.candidate_timeout,
+        contenders, measure, job_for, lambda: st.timeout(config.candidate_timeout),
         gemm=gemm if dgemm_rate else None, deadline=deadline, clock=clock,
         min_rounds=config.final_round_repeats, max_rounds=config.final_round_max,
         interrupted=st.interrupted, progress=progress)

@@ -437,3 +437,27 @@ def test_study_is_per_heap_policy():
     assert len(names) == 2
     assert study_name(p, DIMS, "float64") == study_name(p, DIMS, "float64", "system")
     assert SearchConfig().heap == "retain"
+
+
+def test_the_budget_bounds_the_whole_run(tmp_path):
+    """--timeout covers the final round too: the search leaves it its time, and no
+    measurement may run past what is left of the budget (10 s at least)."""
+    p = kalman()
+    now = [0.0]
+    limits = []
+
+    def clock():
+        return now[0]
+
+    def slow(job, timeout):
+        limits.append((timeout, now[0]))
+        now[0] += 2.0  # every measurement takes 2 s of the budget
+        return fake_measure(job, timeout)
+
+    config = _config(tmp_path, trials=200, timeout=120, candidate_timeout=300)
+    result = tune(p, DIMS, config, slow, clock=clock)
+    assert result.rounds >= 1
+    for timeout, at in limits:
+        assert timeout <= max(10.0, 120 - at) + 1e-9
+    # the search stopped early enough for the final round to finish near the budget
+    assert now[0] <= 120 + 2.0 * len(result.final)
