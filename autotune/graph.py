@@ -22,13 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .kernels.registry import KERNELS
+
 __all__ = ["FORMATS", "Node", "Edge", "PlanGraph", "plan_graph", "program_graph",
            "layered_layout", "draw_plan", "to_dot"]
 
 FORMATS = (".svg", ".png", ".pdf")
 ENGINES = ("auto", "matplotlib", "graphviz")
 
-#: Node fill colour per op family.
+#: Node fill colour per op family (a kernel's family is in its registry record,
+#: :attr:`autotune.kernels.Kernel.family`).
 COLORS = {
     "input": "#cfe2f3",
     "output": "#d9ead3",
@@ -37,12 +40,6 @@ COLORS = {
     "product": "#e6d5ec",  # matmul, syrk
     "elementwise": "#eeeeee",  # add, sub, neg, scale
     "data": "#ffffff",  # slice, block, eye, zeros
-}
-_FAMILY = {
-    "cholesky": "factor", "inv": "factor", "spd_inv": "factor",
-    "trsolve": "solve", "cho_solve": "solve", "solve": "solve", "diag_solve": "solve",
-    "matmul": "product", "syrk": "product", "symprod": "product",
-    "add": "elementwise", "sub": "elementwise", "neg": "elementwise", "scale": "elementwise",
 }
 
 
@@ -96,22 +93,8 @@ def _load(plan_or_path: Any):
 
 
 def _op_text(step: Any) -> str:
-    op = step.op
-    if op == "trsolve":
-        parts = ["L" if step.attr("lower", True) else "U"]
-        if step.attr("trans"):
-            parts.append("T")
-        return f"trsolve ({', '.join(parts)})"
-    if op == "solve":
-        return f"solve ({step.attr('assume_a', 'gen')})"
-    if op == "scale":
-        coeff = step.attr("coeff", 1.0)
-        return f"scale ({coeff:g})" if len(step.args) == 1 else "scale"
-    if op == "syrk" and len(step.args) > 1:
-        return f"syrk ({step.attr('alpha', 1.0):+g}, beta {step.attr('beta', 1.0):g})"
-    if op == "symprod" and len(step.args) > 2:
-        return f"symprod ({step.attr('alpha', 1.0):+g}, beta {step.attr('beta', 1.0):g})"
-    return op
+    """The kernel text of a step's node: its kernel's label (the kernel registry)."""
+    return KERNELS[step.op].step_label(step)
 
 
 def _fmt_gflop(g: float) -> str:
@@ -153,7 +136,7 @@ def program_graph(program: Any, dims: Mapping[str, int], title: str = "") -> Pla
         lines = [_op_text(s), shape]
         if gflop > 0:
             lines.append(_fmt_gflop(gflop))
-        nodes.append(Node(f"s{i}", "kernel", "\n".join(lines), _FAMILY.get(s.op, "data"), i,
+        nodes.append(Node(f"s{i}", "kernel", "\n".join(lines), KERNELS[s.op].family, i,
                           gflop))
         for a in s.args:
             src, tr = source(a)

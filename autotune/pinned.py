@@ -32,6 +32,8 @@ import hashlib
 from collections import Counter
 from typing import Any
 
+from .kernels.registry import KERNELS
+
 __all__ = [
     "REWRITE_MODES",
     "REQUIRED_EXCLUSIONS",
@@ -62,17 +64,11 @@ MERGE_PASSES = ("merge1", "merge1.1", "merge1.2", "merge2", "merge3", "MergeOpti
 
 _LINALG_REWRITES = "pytensor.tensor.rewriting.linalg"
 
-#: Program op -> the PyTensor op class that computes it in a pinned compile. Products
-#: (``matmul``) are left out: the backends' BLAS passes turn ``Dot`` into ``Gemm``/``Dot22``.
+#: Program op -> the PyTensor op class that computes it in a pinned compile: each kernel's
+#: :attr:`~autotune.kernels.Kernel.pytensor_op` in the kernel registry. Products (``matmul``)
+#: have none: the backends' BLAS passes turn ``Dot`` into ``Gemm``/``Dot22``.
 PROGRAM_KERNELS: dict[str, str] = {
-    "inv": "MatrixInverse",
-    "spd_inv": "SPDInverse",
-    "cholesky": "Cholesky",
-    "trsolve": "SolveTriangular",
-    "cho_solve": "CholeskySolve",
-    "solve": "Solve",
-    "syrk": "SymRankK",
-    "symprod": "SymProduct",
+    name: k.pytensor_op for name, k in KERNELS.items() if k.pytensor_op is not None
 }
 
 
@@ -142,7 +138,8 @@ def program_kernel_counts(program: Any) -> Counter[str]:
     (what :func:`kernel_counts` of its pinned compile must hold)."""
     out: Counter[str] = Counter()
     for i in program.live_steps():
-        name = PROGRAM_KERNELS.get(program.steps[i].op)
+        kernel = KERNELS.get(program.steps[i].op)
+        name = kernel.pytensor_op if kernel is not None else None
         if name:
             out[name] += 1
     return out

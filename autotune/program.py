@@ -8,37 +8,33 @@ serves every size; :meth:`Program.flops` evaluates the cost model at concrete si
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .formula import parse_dim_formula
+from .kernels.registry import KERNELS
 
 __all__ = ["Step", "Program", "OPS"]
 
-# op name -> (description, number of args)
-OPS: dict[str, str] = {
-    "input": "a problem input",
-    "slice": "a block (view) of a value: attrs rows=(start, stop), cols=(start, stop)",
-    "eye": "identity matrix",
-    "zeros": "zero matrix",
-    "transpose": "transpose (a view)",
-    "matmul": "general matrix product (GEMM/GEMV)",
-    "syrk": "symmetric rank-k update alpha*A.T@A + beta*C (full symmetric result)",
-    "symprod": "product known to be symmetric alpha*A@B + beta*C: one triangle, mirrored",
-    "add": "elementwise sum",
-    "sub": "elementwise difference",
-    "scale": "scalar times matrix: attrs coeff (number) or args[1] (a scalar input)",
-    "neg": "negation",
-    "cholesky": "Cholesky factor L (lower) of an SPD matrix",
-    "trsolve": "triangular solve: attrs lower, trans, side ('left': A^-1 B, 'right': B A^-1)",
-    "cho_solve": "solve with a Cholesky factor: args (L, B)",
-    "solve": "general solve A^-1 B: attrs assume_a ('gen', 'sym', 'pos'), side",
-    "diag_solve": "solve with a diagonal matrix (scaling): side",
-    "inv": "explicit inverse",
-    "spd_inv": "explicit inverse of an SPD matrix by Cholesky (potrf + potri), symmetric",
-    "block": "assemble blocks: attrs grid = [[arg index, transposed?], ...] rows of blocks",
-}
+
+
+class _OpsView(Mapping[str, str]):
+    """Op name -> description: a read-only view of the kernel registry
+    (:data:`autotune.kernels.KERNELS`), which holds every fact about an op."""
+
+    def __getitem__(self, name: str) -> str:
+        return KERNELS[name].description
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(KERNELS)
+
+    def __len__(self) -> int:
+        return len(KERNELS)
+
+
+#: Op name -> description, for every op a step may name (a view of the kernel registry).
+OPS: Mapping[str, str] = _OpsView()
 
 
 @dataclass(frozen=True)
@@ -97,44 +93,13 @@ class Program:
 
     # -- cost model ---------------------------------------------------------------------------
     def step_flops(self, i: int, env: Mapping[str, int]) -> float:
-        s = self.steps[i]
-        m, n = self.shape(i, env)
-        op = s.op
-        if op in ("input", "slice", "eye", "zeros", "transpose", "block"):
-            return 0.0
-        if op == "matmul":
-            a = self.shape(s.args[0], env)
-            return 2.0 * a[0] * a[1] * n
-        if op == "syrk":
-            k = self.shape(s.args[0], env)[0]
-            extra = m * n if len(s.args) > 1 else 0
-            return float(n * n * k + extra)  # n(n+1)k ~ n^2 k: half of a GEMM
-        if op == "symprod":
-            k = self.shape(s.args[0], env)[1]
-            extra = m * n if len(s.args) > 2 else 0
-            return float(m * (m + 1) * k + extra)  # the lower triangle: half of a GEMM
-        if op in ("add", "sub", "scale", "neg"):
-            return float(m * n)
-        if op == "cholesky":
-            return m**3 / 3.0
-        if op == "inv":
-            return 2.0 * m**3  # LU factorization + inversion (getrf + getri)
-        if op == "spd_inv":
-            return float(m**3)  # Cholesky + inversion from it (potrf n^3/3 + potri 2n^3/3)
-        if op in ("trsolve", "cho_solve", "solve", "diag_solve"):
-            a = self.shape(s.args[0], env)[0]
-            side = s.attr("side", "left")
-            rhs = n if side == "left" else m
-            if op == "trsolve":
-                return float(a * a * rhs)
-            if op == "cho_solve":
-                return 2.0 * a * a * rhs
-            if op == "diag_solve":
-                return float(a * rhs)
-            kind = s.attr("assume_a", "gen")
-            factor = a**3 / 3.0 if kind == "pos" else 2.0 * a**3 / 3.0
-            return factor + 2.0 * a * a * rhs
-        raise ValueError(f"unknown op {op!r}")
+        """The FLOPs of step ``i`` at the concrete sizes ``env`` (its kernel's cost model)."""
+        op = self.steps[i].op
+        try:
+            kernel = KERNELS[op]
+        except KeyError:
+            raise ValueError(f"unknown op {op!r}") from None
+        return kernel.flops(self, i, env)
 
     def flops(self, dims: Mapping[str, int]) -> float:
         env = self.concrete_sizes(dims)

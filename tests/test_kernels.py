@@ -570,7 +570,7 @@ def test_sym_product_blocks_rule():
 def test_sym_product_blocks_rule_same_in_numba():
     import numba
 
-    from autotune.kernels import _n_blocks, _numba_n_blocks
+    from autotune.kernels.product_ops import _n_blocks, _numba_n_blocks
 
     n_blocks = numba.njit(lambda blocks, k: _numba_n_blocks(blocks, k))
     for k in [0, 1, 2, 5, 127, 128, 255, 256, 500, 1000, 1023, 1024, 2000, 5000]:
@@ -723,7 +723,7 @@ def test_sym_product_jax_pytorch(backend, dtype, rng):
 
 
 def _run_python(code):
-    root = Path(autotune.kernels.__file__).resolve().parents[1]
+    root = Path(autotune.kernels.__file__).resolve().parents[2]
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
     )
@@ -957,7 +957,7 @@ def test_spd_inverse_infer_shape_does_not_compute():
 def test_spd_inverse_numba_dispatch_registered():
     from pytensor.link.numba.dispatch.basic import numba_funcify, numba_funcify_and_cache_key
 
-    from autotune.kernels import _blas_routine
+    from autotune.kernels.blas import _blas_routine
 
     assert numba_funcify.dispatch(SPDInverse) is not numba_funcify.dispatch(object)
     node = spd_inverse(pt.matrix("x")).owner

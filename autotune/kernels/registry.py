@@ -1,0 +1,149 @@
+"""The kernel registry: one :class:`Kernel` record per op a :class:`~autotune.program.Program`
+step may name, holding every fact about it that the rest of the package reads.
+
+* what it computes: :attr:`Kernel.pattern` (one line, e.g. ``alpha*A.T@A + beta*C``), the
+  :attr:`Kernel.properties` it needs of its operands, and :attr:`Kernel.reference`, the same
+  computation in NumPy/SciPy (what the registry tests check the lowering against);
+* its cost: :attr:`Kernel.flops` (read by :meth:`Program.step_flops`);
+* its lowering to PyTensor: :attr:`Kernel.lower` (read by :mod:`autotune.lower`), and
+  :attr:`Kernel.pytensor_op`, the op class a pinned compile holds for it (read by
+  :data:`autotune.pinned.PROGRAM_KERNELS`);
+* its picture: :attr:`Kernel.label` and :meth:`Kernel.step_label`, :attr:`Kernel.family` (read
+  by :mod:`autotune.graph`).
+
+This module is light (no PyTensor, numba or NumPy at import): the records' functions import
+what they need when called, so counting a program's FLOPs does not load the compilers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FAMILIES",
+    "TRIANGULAR",
+    "Example",
+    "Kernel",
+    "KERNELS",
+    "get_kernel",
+    "register_kernel",
+]
+
+#: Picture families (graph.py colours nodes by them).
+FAMILIES = ("input", "data", "elementwise", "product", "factor", "solve")
+
+#: Operand property "lower or upper triangular, as the step's ``lower`` attribute says".
+TRIANGULAR = "triangular"
+
+
+@dataclass(frozen=True)
+class Example:
+    """A sample call of a kernel, for the registry tests: concrete operand shapes (a scalar
+    operand is ``()``), the step's attributes, its output shape and its hand-counted FLOPs;
+    ``properties`` replaces the kernel's operand properties where the attributes change them
+    (a solve with ``assume_a='pos'`` needs an SPD matrix)."""
+
+    args: tuple[tuple[int, ...], ...]
+    shape: tuple[int, int]
+    flops: float
+    attrs: tuple[tuple[str, Any], ...] = ()
+    properties: tuple[tuple[str, ...], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """Everything the package knows about one program op.
+
+    ``flops(program, i, env)`` is the cost of step ``i`` of ``program`` at the concrete sizes
+    ``env``; ``lower(step, args, env, dtype)`` builds its PyTensor variable from the variables of
+    its arguments. ``properties`` holds, per operand, the property names (those of
+    :mod:`autotune.properties`, or :data:`TRIANGULAR`) the kernel relies on; ``reference(step,
+    operands)`` computes ``pattern`` with NumPy/SciPy (None for structural ops, which are not
+    computations of their own)."""
+
+    name: str
+    description: str
+    pattern: str
+    family: str
+    flops: Callable[[Any, int, Mapping[str, int]], float]
+    lower: Callable[[Any, list[Any], Mapping[str, int], str], Any]
+    label: str = ""
+    pytensor_op: str | None = None
+    properties: tuple[tuple[str, ...], ...] = ()
+    structural: bool = False
+    reference: Callable[[Any, list[Any]], Any] | None = None
+    examples: tuple[Example, ...] = ()
+    step_text: Callable[[Any], str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
+        if self.family not in FAMILIES:
+            raise ValueError(f"kernel {self.name!r}: family {self.family!r} is not one of "
+                             f"{', '.join(FAMILIES)}")
+        if not self.structural and (self.reference is None or not self.examples):
+            raise ValueError(f"kernel {self.name!r} computes something: it needs a NumPy "
+                             "reference and at least one example")
+
+    def step_label(self, step: Any) -> str:
+        """The text a picture shows for ``step`` (the label, with the step's attributes where
+        they matter)."""
+        return self.step_text(step) if self.step_text is not None else self.label
+
+
+class _Registry(Mapping[str, Kernel]):
+    """Kernel name -> :class:`Kernel`, in registration order (read-only view)."""
+
+    def __init__(self) -> None:
+        self._kernels: dict[str, Kernel] = {}
+
+    def __getitem__(self, name: str) -> Kernel:
+        try:
+            return self._kernels[name]
+        except KeyError:
+            raise KeyError(f"unknown kernel {name!r}; kernels: "
+                           f"{', '.join(sorted(self._kernels))}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kernels)
+
+    def __len__(self) -> int:
+        return len(self._kernels)
+
+    def __repr__(self) -> str:
+        return f"KERNELS({', '.join(self._kernels)})"
+
+
+#: Every registered kernel, by name.
+KERNELS = _Registry()
+
+
+def register_kernel(kernel: Kernel, replace: bool = False) -> Kernel:
+    """Add ``kernel`` to :data:`KERNELS`; a second kernel of the same name is an error unless
+    ``replace``. Returns the kernel."""
+    if kernel.name in KERNELS._kernels and not replace:
+        raise ValueError(f"kernel {kernel.name!r} is already registered")
+    KERNELS._kernels[kernel.name] = kernel
+    return kernel
+
+
+def get_kernel(name: str) -> Kernel:
+    """The kernel named ``name``; a KeyError lists the valid names."""
+    return KERNELS[name]
+
+
+# -- helpers shared by the family modules ------------------------------------------------------
+
+
+def dim(formula: str, env: Mapping[str, int]) -> int:
+    """A dimension formula of a step evaluated at ``env``."""
+    from ..program import _eval
+
+    return _eval(formula, env)
+
+
+def out_shape(step: Any, env: Mapping[str, int]) -> tuple[int, int]:
+    """A step's output shape at ``env``."""
+    return dim(step.shape[0], env), dim(step.shape[1], env)

@@ -1,0 +1,105 @@
+"""Structural and elementwise ops: inputs, views, constants, block assembly (no FLOPs), and
+the elementwise sum, difference, negation and scaling (one FLOP per entry)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .registry import Example, Kernel, dim, out_shape, register_kernel
+
+__all__: list[str] = []
+
+
+def _free(program: Any, i: int, env: Mapping[str, int]) -> float:
+    return 0.0
+
+
+def _per_entry(program: Any, i: int, env: Mapping[str, int]) -> float:
+    m, n = program.shape(i, env)
+    return float(m * n)
+
+
+def _no_lowering(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    from ..errors import CompileError
+
+    raise CompileError("an input is bound to a variable, never lowered")
+
+
+def _lower_slice(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    (r0, r1), (c0, c1) = step.attr("rows"), step.attr("cols")
+    return args[0][dim(r0, env) : dim(r1, env), dim(c0, env) : dim(c1, env)]
+
+
+def _lower_eye(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    import pytensor.tensor as pt
+
+    return pt.eye(out_shape(step, env)[0], dtype=dtype)
+
+
+def _lower_zeros(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    import pytensor.tensor as pt
+
+    return pt.zeros(out_shape(step, env), dtype=dtype)
+
+
+def _lower_block(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    import pytensor.tensor as pt
+
+    rows = []
+    for row in step.attr("grid"):
+        cells = [args[idx].T if tr else args[idx] for idx, tr in row]
+        rows.append(cells[0] if len(cells) == 1 else pt.concatenate(cells, axis=1))
+    return rows[0] if len(rows) == 1 else pt.concatenate(rows, axis=0)
+
+
+def _lower_scale(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    import pytensor.tensor as pt
+
+    out = args[0] * pt.constant(step.attr("coeff", 1.0), dtype=dtype)
+    for scalar, power in zip(args[1:], step.attr("powers", ()), strict=True):
+        out = out * scalar**power
+    return out
+
+
+def _ref_scale(step: Any, x: list[Any]) -> Any:
+    out = x[0] * step.attr("coeff", 1.0)
+    for scalar, power in zip(x[1:], step.attr("powers", ()), strict=True):
+        out = out * scalar**power
+    return out
+
+
+def _scale_text(step: Any) -> str:
+    coeff = step.attr("coeff", 1.0)
+    return f"scale ({coeff:g})" if len(step.args) == 1 else "scale"
+
+
+for _k in (
+    Kernel("input", "a problem input", "A", "input", _free, _no_lowering, structural=True),
+    Kernel("slice", "a block (view) of a value: attrs rows=(start, stop), cols=(start, stop)",
+           "A[r0:r1, c0:c1]", "data", _free, _lower_slice, structural=True),
+    Kernel("eye", "identity matrix", "I", "data", _free, _lower_eye, structural=True),
+    Kernel("zeros", "zero matrix", "0", "data", _free, _lower_zeros, structural=True),
+    Kernel("transpose", "transpose (a view)", "A.T", "data", _free,
+           lambda step, a, env, dtype: a[0].T, label="T", structural=True),
+    Kernel("add", "elementwise sum", "A + B", "elementwise", _per_entry,
+           lambda step, a, env, dtype: a[0] + a[1],
+           reference=lambda step, x: x[0] + x[1],
+           examples=(Example(((5, 3), (5, 3)), (5, 3), 15.0),)),
+    Kernel("sub", "elementwise difference", "A - B", "elementwise", _per_entry,
+           lambda step, a, env, dtype: a[0] - a[1],
+           reference=lambda step, x: x[0] - x[1],
+           examples=(Example(((5, 3), (5, 3)), (5, 3), 15.0),)),
+    Kernel("neg", "negation", "-A", "elementwise", _per_entry,
+           lambda step, a, env, dtype: -a[0],
+           reference=lambda step, x: -x[0],
+           examples=(Example(((3, 7),), (3, 7), 21.0),)),
+    Kernel("scale", "scalar times matrix: attrs coeff (number) or args[1] (a scalar input)",
+           "coeff * A * s1**p1 * ...", "elementwise", _per_entry, _lower_scale,
+           reference=_ref_scale, step_text=_scale_text,
+           examples=(Example(((5, 3),), (5, 3), 15.0, (("coeff", -2.5),)),
+                     Example(((3, 5), ()), (3, 5), 15.0, (("coeff", 2.0), ("powers", (2,)))))),
+    Kernel("block", "assemble blocks: attrs grid = [[arg index, transposed?], ...] rows of blocks",
+           "[[A, B], [C, D]]", "data", _free, _lower_block, structural=True),
+):
+    register_kernel(_k)

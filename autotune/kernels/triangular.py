@@ -1,0 +1,75 @@
+"""Triangular and diagonal kernels: the triangular solve (LAPACK/BLAS TRSM, PyTensor's
+``SolveTriangular``) and the solve with a diagonal matrix (a row or column scaling)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..properties import DIAGONAL
+from .factorizations import solve_operands
+from .registry import TRIANGULAR, Example, Kernel, register_kernel
+
+__all__: list[str] = []
+
+
+def _trsolve_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
+    a, rhs = solve_operands(program, i, env)
+    return float(a * a * rhs)
+
+
+def _lower_trsolve(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    try:
+        from pytensor.tensor.linalg import solve_triangular
+    except ImportError:  # pragma: no cover - older PyTensor
+        from pytensor.tensor.slinalg import solve_triangular
+    return solve_triangular(args[0], args[1], lower=bool(step.attr("lower", True)),
+                            trans=1 if step.attr("trans") else 0, b_ndim=2)
+
+
+def _ref_trsolve(step: Any, x: list[Any]) -> Any:
+    import scipy.linalg
+
+    return scipy.linalg.solve_triangular(x[0], x[1], lower=bool(step.attr("lower", True)),
+                                         trans=1 if step.attr("trans") else 0)
+
+
+def _trsolve_text(step: Any) -> str:
+    parts = ["L" if step.attr("lower", True) else "U"]
+    if step.attr("trans"):
+        parts.append("T")
+    return f"trsolve ({', '.join(parts)})"
+
+
+def _diag_solve_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
+    a, rhs = solve_operands(program, i, env)
+    return float(a * rhs)
+
+
+def _lower_diag_solve(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    import pytensor.tensor as pt
+
+    return args[1] / pt.diagonal(args[0])[:, None]
+
+
+def _ref_diag_solve(step: Any, x: list[Any]) -> Any:
+    import numpy as np
+
+    return x[1] / np.diag(x[0])[:, None]
+
+
+for _k in (
+    Kernel("trsolve",
+           "triangular solve: attrs lower, trans, side ('left': A^-1 B, 'right': B A^-1)",
+           "op(A)^-1 @ B  (A triangular, op: A or A.T)", "solve", _trsolve_flops,
+           _lower_trsolve, pytensor_op="SolveTriangular", properties=((TRIANGULAR,), ()),
+           reference=_ref_trsolve, step_text=_trsolve_text,
+           examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3, (("lower", True),)),
+                     Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3,
+                             (("lower", False), ("trans", True))))),
+    Kernel("diag_solve", "solve with a diagonal matrix (scaling): side", "D^-1 @ B",
+           "solve", _diag_solve_flops, _lower_diag_solve, properties=((DIAGONAL,), ()),
+           reference=_ref_diag_solve,
+           examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 3),)),
+):
+    register_kernel(_k)

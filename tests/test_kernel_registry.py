@@ -1,0 +1,217 @@
+"""Tests over the kernel registry (opt_einsum's style): every registered kernel is checked
+from its own record, so a kernel added to the registry is covered without a new test.
+
+For each kernel that computes something: its lowering, compiled by the Numba backend (and JAX
+when installed) in the pinned mode, computes what its NumPy/SciPy reference says on random
+operands honouring its ``properties`` (float64 and float32, small odd sizes); its FLOP count
+equals the hand-counted figure of each example; its ``pytensor_op`` is in the pinned compile.
+For every kernel: a picture label and family. Unknown names are refused with the valid ones.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+
+from autotune.errors import CompileError
+from autotune.graph import COLORS, _op_text
+from autotune.kernels import KERNELS, TRIANGULAR, Example, Kernel, get_kernel, register_kernel
+from autotune.kernels.products import SYMMETRIC_PRODUCT
+from autotune.pinned import PROGRAM_KERNELS, kernel_counts, pinned_mode
+from autotune.program import OPS, Program, Step
+from autotune.properties import DIAGONAL, LOWER, PD, SYMMETRIC
+
+COMPUTING = [k for k in KERNELS.values() if not k.structural]
+CASES = [
+    pytest.param(k, j, id=f"{k.name}-{j}") for k in COMPUTING for j in range(len(k.examples))
+]
+BACKENDS = ["NUMBA"] + (["JAX"] if importlib.util.find_spec("jax") is not None else [])
+KNOWN_PROPERTIES = {SYMMETRIC, PD, LOWER, DIAGONAL, TRIANGULAR, SYMMETRIC_PRODUCT}
+
+
+def _step(kernel: Kernel, ex: Example, first_arg: int = 0) -> Step:
+    args = tuple(range(first_arg, first_arg + len(ex.args)))
+    return Step(kernel.name, args, (str(ex.shape[0]), str(ex.shape[1])), ex.attrs)
+
+
+def _props(kernel: Kernel, ex: Example, j: int) -> tuple[str, ...]:
+    props = kernel.properties if ex.properties is None else ex.properties
+    return props[j] if j < len(props) else ()
+
+
+def _operands(kernel: Kernel, ex: Example, step: Step, rng) -> list[np.ndarray]:
+    """float64 operands of the example's shapes with the kernel's operand properties."""
+    out: list[np.ndarray] = []
+    for j, shape in enumerate(ex.args):
+        props = set(_props(kernel, ex, j))
+        if not shape:
+            out.append(np.asarray(1.0 + rng.random()))
+            continue
+        g = rng.standard_normal(shape)
+        n = shape[0]
+        if SYMMETRIC_PRODUCT in props:
+            if j == 0:
+                x = g
+            else:  # b = M @ a.T with M symmetric: a @ b is symmetric
+                m = rng.standard_normal((shape[0], shape[0]))
+                x = (m + m.T) @ out[0].T
+        elif PD in props:
+            x = g @ g.T / n + np.eye(n)
+        elif SYMMETRIC in props:
+            x = g + g.T
+        elif DIAGONAL in props:
+            x = np.diag(1.0 + rng.random(n)) * rng.choice([-1.0, 1.0], n)
+        elif LOWER in props or TRIANGULAR in props:
+            lower = LOWER in props or bool(step.attr("lower", True))
+            x = (np.tril(g, -1) if lower else np.triu(g, 1)) / n + np.diag(1.0 + rng.random(n))
+        elif len(shape) == 2 and shape[0] == shape[1]:
+            x = g + n * np.eye(n)  # general, well conditioned
+        else:
+            x = g
+        out.append(x)
+    return out
+
+
+def _compile(kernel: Kernel, ex: Example, step: Step, dtype: str, backend: str):
+    variables = [pt.tensor(f"x{j}", shape=shape, dtype=dtype) for j, shape in enumerate(ex.args)]
+    out = kernel.lower(step, variables, {}, dtype)
+    mode = pinned_mode(pytensor.compile.mode.get_mode(backend))
+    return pytensor.function(variables, out, mode=mode)
+
+
+def test_every_kernel_has_a_coherent_record():
+    assert set(COMPUTING) and all(isinstance(k, Kernel) for k in KERNELS.values())
+    for name, k in KERNELS.items():
+        assert k.name == name
+        assert isinstance(k.description, str) and k.description
+        assert isinstance(k.pattern, str) and k.pattern and "\n" not in k.pattern
+        assert isinstance(k.label, str) and k.label.strip()
+        assert k.family in COLORS
+        for ex in k.examples:
+            assert len(ex.args) >= 1 and len(ex.shape) == 2
+            for j in range(len(ex.args)):
+                assert set(_props(k, ex, j)) <= KNOWN_PROPERTIES, (name, j)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS.values()), ids=list(KERNELS))
+def test_label_is_a_non_empty_string(kernel):
+    assert isinstance(kernel.label, str) and kernel.label.strip()
+    for ex in kernel.examples or (Example(((2, 2),), (2, 2), 0.0),):
+        step = _step(kernel, ex)
+        text = kernel.step_label(step)
+        assert isinstance(text, str) and text.strip()
+        assert _op_text(step) == text  # what the pictures show
+
+
+@pytest.mark.parametrize(("kernel", "j"), CASES)
+def test_flops_match_the_hand_count(kernel, j):
+    ex = kernel.examples[j]
+    steps = [Step("input", (), (str(s[0]), str(s[1])) if s else ("1", "1")) for s in ex.args]
+    steps.append(_step(kernel, ex))
+    program = Program(tuple(steps), {f"x{i}": i for i in range(len(ex.args))},
+                      {"out": len(ex.args)})
+    assert program.step_flops(len(ex.args), {}) == pytest.approx(ex.flops, rel=1e-12)
+    assert program.flops({}) == pytest.approx(ex.flops, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(("kernel", "j"), CASES)
+def test_kernel_computes_its_pattern(kernel, j, dtype, backend):
+    ex = kernel.examples[j]
+    step = _step(kernel, ex)
+    rng = np.random.default_rng(sum(map(ord, kernel.name)) + j)
+    operands = _operands(kernel, ex, step, rng)
+    cast = [x.astype(dtype) for x in operands]
+    # the reference sees the very values the kernel sees, in float64
+    ref = np.asarray(kernel.reference(step, [x.astype(np.float64) for x in cast]))
+    fn = _compile(kernel, ex, step, dtype, backend)
+    out = np.asarray(fn(*cast))
+    assert out.shape == ex.shape == ref.shape, kernel.pattern
+    assert out.dtype == np.dtype(dtype)
+    tol = {"rtol": 2e-4, "atol": 2e-4} if dtype == "float32" else {"rtol": 1e-10, "atol": 1e-10}
+    np.testing.assert_allclose(out, ref, **tol, err_msg=f"{kernel.name}: {kernel.pattern}")
+
+
+@pytest.mark.parametrize(
+    "kernel", [k for k in COMPUTING if k.pytensor_op], ids=lambda k: k.name
+)
+def test_pinned_compile_holds_the_kernels_op(kernel):
+    ex = kernel.examples[0]
+    step = _step(kernel, ex)
+    fn = _compile(kernel, ex, step, "float64", "NUMBA")
+    assert kernel_counts(fn)[kernel.pytensor_op] == 1
+    assert PROGRAM_KERNELS[kernel.name] == kernel.pytensor_op
+
+
+def test_program_kernels_and_ops_are_views_of_the_registry():
+    assert {n: k.pytensor_op for n, k in KERNELS.items() if k.pytensor_op} == PROGRAM_KERNELS
+    assert set(OPS) == set(KERNELS)
+    assert all(OPS[n] == k.description for n, k in KERNELS.items())
+
+
+def test_unknown_names_are_refused_with_the_valid_ones():
+    with pytest.raises(KeyError, match="unknown kernel 'gemmm'.*matmul.*syrk"):
+        get_kernel("gemmm")
+    with pytest.raises(KeyError, match="matmul"):
+        KERNELS["gemmm"]
+    with pytest.raises(KeyError, match="matmul"):
+        OPS["gemmm"]
+    assert KERNELS.get("gemmm") is None and "gemmm" not in KERNELS
+    program = Program((Step("input", (), ("2", "2")), Step("gemmm", (0,), ("2", "2"))),
+                      {"a": 0}, {"out": 1})
+    with pytest.raises(ValueError, match="unknown op 'gemmm'"):
+        program.step_flops(1, {})
+    from autotune.lower import _lower_step
+
+    with pytest.raises(CompileError, match="no lowering for op 'gemmm'"):
+        _lower_step(program, 1, {0: pt.matrix("a")}, {}, "float64")
+
+
+def test_registration_rules():
+    matmul = get_kernel("matmul")
+    with pytest.raises(ValueError, match="already registered"):
+        register_kernel(matmul)
+    assert register_kernel(matmul, replace=True) is matmul
+    with pytest.raises(ValueError, match="needs a NumPy reference"):
+        Kernel("foo", "d", "A", "product", matmul.flops, matmul.lower)
+    with pytest.raises(ValueError, match="family"):
+        Kernel("foo", "d", "A", "colour", matmul.flops, matmul.lower, structural=True)
+
+
+def test_a_registered_kernel_is_covered(monkeypatch):
+    """A kernel registered anywhere joins KERNELS, hence every parametrization above (which is
+    collected from KERNELS) and the views read by program, pinned and graph."""
+    twice = Kernel("twice", "two times a matrix", "2*A", "elementwise",
+                   lambda program, i, env: float(np.prod(program.shape(i, env))),
+                   lambda step, a, env, dtype: a[0] * 2, label="2x",
+                   reference=lambda step, x: 2 * x[0],
+                   examples=(Example(((3, 5),), (3, 5), 15.0),))
+    monkeypatch.setitem(KERNELS._kernels, "twice", twice)
+    assert "twice" in OPS and get_kernel("twice") is twice
+    test_flops_match_the_hand_count(twice, 0)
+    test_kernel_computes_its_pattern(twice, 0, "float64", "NUMBA")
+
+
+def test_importing_the_registry_loads_no_compiler():
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    code = (
+        "import sys, autotune.kernels, autotune.program, autotune.graph\n"
+        "loaded = {'numba', 'pytensor', 'jax', 'torch'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+        "from autotune.kernels import KERNELS\n"
+        "assert 'syrk' in KERNELS\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
