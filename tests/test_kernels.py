@@ -976,3 +976,154 @@ def test_spd_inverse_props_and_grad():
     x = pt.matrix("x")
     with pytest.raises(Exception, match="SPDInverse"):
         pytensor.grad(spd_inverse(x).sum(), x)
+
+
+# --------------------------------------------------------------------------------------------
+# TriangularMatMul (BLAS trmm)
+# --------------------------------------------------------------------------------------------
+
+TRMM_VARIANTS = [
+    (lower, trans, side) for lower in (True, False) for trans in (False, True)
+    for side in ("left", "right")
+]
+
+
+def _trmm_operands(rng, m, n, side, lower, dtype):
+    """A triangular `a` with NaN in its unread triangle, and a `b` that fits ``side``."""
+    a = rng.standard_normal((m, m))
+    unread = np.triu(np.ones((m, m), bool), 1) if lower else np.tril(np.ones((m, m), bool), -1)
+    a[unread] = np.nan
+    b = rng.standard_normal((m, n) if side == "left" else (n, m))
+    return a.astype(dtype), b.astype(dtype)
+
+
+def _trmm_reference(a, b, lower, trans, side, alpha=1.0):
+    a64 = np.nan_to_num(np.asarray(a, dtype=np.float64))
+    tri = np.tril(a64) if lower else np.triu(a64)
+    if trans:
+        tri = tri.T
+    b64 = np.asarray(b, dtype=np.float64)
+    return alpha * (tri @ b64 if side == "left" else b64 @ tri)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(("lower", "trans", "side"), TRMM_VARIANTS)
+def test_trmm_against_numpy(lower, trans, side, dtype, mode, rng):
+    from autotune.kernels.triangular_ops import trmm
+
+    a = pt.matrix("a", dtype=dtype)
+    b = pt.matrix("b", dtype=dtype)
+    outs = [trmm(a, b, lower=lower, trans=trans, side=side),
+            trmm(a, b, lower=lower, trans=trans, side=side, alpha=ALPHA)]
+    f = pytensor.function([a, b], outs, mode=mode)
+    for m, n in [(5, 3), (1, 4), (6, 1), (7, 7), (0, 3), (3, 0)]:
+        av, bv = _trmm_operands(rng, m, n, side, lower, dtype)
+        a_before, b_before = av.copy(), bv.copy()
+        for out, alpha in zip(f(av, bv), (1.0, ALPHA), strict=True):
+            assert out.dtype == np.dtype(dtype) and out.shape == bv.shape
+            np.testing.assert_allclose(out, _trmm_reference(av, bv, lower, trans, side, alpha),
+                                       **_tol(dtype), err_msg=f"(m, n) = {(m, n)}")
+        np.testing.assert_array_equal(av, a_before)  # inputs are not overwritten
+        np.testing.assert_array_equal(bv, b_before)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("lower", "trans", "side"), TRMM_VARIANTS)
+def test_trmm_input_layouts(lower, trans, side, mode, rng):
+    """C-/F-ordered, transposed, sliced and reversed `a` and `b`, NaN around every slice."""
+    from autotune.kernels.triangular_ops import trmm
+
+    a = pt.matrix("a")
+    b = pt.matrix("b")
+    f = pytensor.function([a, b], trmm(a, b, lower=lower, trans=trans, side=side, alpha=ALPHA),
+                          mode=mode)
+    av, bv = _trmm_operands(rng, 6, 4, side, lower, "float64")
+    ref = _trmm_reference(av, bv, lower, trans, side, ALPHA)
+    for la, lb in LAYOUT_PAIRS:
+        a_in, b_in = LAYOUTS[la](av), LAYOUTS[lb](bv)
+        np.testing.assert_allclose(f(a_in, b_in), ref, **_tol("float64"),
+                                   err_msg=f"layouts a={la}, b={lb}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_trmm_alpha_zero_references_nothing(mode):
+    from autotune.kernels.triangular_ops import trmm
+
+    a = pt.matrix("a")
+    b = pt.matrix("b")
+    f = pytensor.function([a, b], trmm(a, b, alpha=0.0), mode=mode)
+    out = f(np.full((3, 3), np.nan), np.full((3, 2), np.inf))
+    np.testing.assert_array_equal(out, np.zeros((3, 2)))
+
+
+def test_trmm_nodes_shapes_and_casts():
+    from autotune.kernels.triangular_ops import TriangularMatMul, trmm
+
+    assert trmm(pt.tensor("a", shape=(None, 4)), pt.matrix("b")).type.shape == (4, None)
+    out = trmm(pt.matrix("a"), pt.tensor("b", shape=(3, 4)), side="right")
+    assert out.type.shape == (3, 4)
+    assert trmm(pt.matrix("a", dtype="int8"), pt.matrix("b", dtype="int8")).type.dtype == "float32"
+    assert trmm(pt.matrix("a", dtype="int64"), pt.matrix("b")).type.dtype == "float64"
+    with pytest.raises(ValueError, match="square"):
+        trmm(pt.tensor("a", shape=(3, 4)), pt.matrix("b"))
+    with pytest.raises(ValueError, match="side='right'"):
+        trmm(pt.tensor("a", shape=(3, 3)), pt.tensor("b", shape=(3, 4)), side="right")
+    with pytest.raises(ValueError, match="side"):
+        TriangularMatMul(side="up")
+    with pytest.raises(ValueError, match="finite"):
+        TriangularMatMul(alpha=np.inf)
+    with pytest.raises(TypeError, match="complex"):
+        trmm(pt.matrix("a", dtype="complex128"), pt.matrix("b"))
+    assert str(TriangularMatMul(lower=False, trans=True, side="right", alpha=2.0)) == (
+        "TriangularMatMul{2.0 * b @ triu(a).T}"
+    )
+    x = pt.matrix("x")
+    with pytest.raises(Exception, match="TriangularMatMul"):
+        pytensor.grad(trmm(x, x).sum(), x)
+
+
+def test_trmm_numba_dispatch_registered():
+    from pytensor.link.numba.dispatch.basic import numba_funcify, numba_funcify_and_cache_key
+
+    from autotune.kernels.blas import _blas_routine
+    from autotune.kernels.triangular_ops import TriangularMatMul, trmm
+
+    assert numba_funcify.dispatch(TriangularMatMul) is not numba_funcify.dispatch(object)
+    node = trmm(pt.matrix("a"), pt.matrix("b")).owner
+    _, key = numba_funcify_and_cache_key(node.op, node=node)
+    assert key is not None  # cacheable on disk by PyTensor's numba cache
+    assert _blas_routine("trmm", "float64", "cccciiffifi")[2] == "autotune.scipy.blas.dtrmm"
+
+
+@pytest.mark.parametrize("backend", ["JAX", "PYTORCH"])
+@pytest.mark.parametrize(("lower", "trans", "side"), TRMM_VARIANTS)
+def test_trmm_jax_pytorch(backend, lower, trans, side, rng):
+    pytest.importorskip({"JAX": "jax", "PYTORCH": "torch"}[backend])
+    from autotune.kernels.triangular_ops import trmm
+
+    a = pt.matrix("a")
+    b = pt.matrix("b")
+    f = pytensor.function([a, b], trmm(a, b, lower=lower, trans=trans, side=side, alpha=ALPHA),
+                          mode=backend)
+    av, bv = _trmm_operands(rng, 5, 3, side, lower, "float64")
+    av = np.where(np.isnan(av), 7.0, av)  # the unread triangle: any finite value
+    np.testing.assert_allclose(np.asarray(f(av, bv)),
+                               _trmm_reference(np.tril(av) if lower else np.triu(av), bv,
+                                               lower, trans, side, ALPHA), **_tol("float64"))
+
+
+@pytest.mark.parametrize(
+    ("backend", "dispatcher", "funcify"),
+    [
+        ("jax", "pytensor.link.jax.dispatch", "jax_funcify"),
+        ("torch", "pytensor.link.pytorch.dispatch", "pytorch_funcify"),
+    ],
+)
+def test_trmm_backend_registration_either_import_order(backend, dispatcher, funcify):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    check = f"assert t.TriangularMatMul in d.{funcify}.registry\n"
+    module = "autotune.kernels.triangular_ops"
+    _run_python(f"import {dispatcher} as d\nimport {module} as t\n{check}")
+    _run_python(f"import {module} as t\nimport {dispatcher} as d\n{check}")

@@ -1,5 +1,7 @@
 """Triangular and diagonal kernels: the triangular solve (LAPACK/BLAS TRSM, PyTensor's
-``SolveTriangular``) and the solve with a diagonal matrix (a row or column scaling)."""
+``SolveTriangular``), the triangular matrix product (BLAS TRMM, the project's
+:class:`~autotune.kernels.triangular_ops.TriangularMatMul`) and the solve with a diagonal
+matrix (a row or column scaling)."""
 
 from __future__ import annotations
 
@@ -58,6 +60,41 @@ def _ref_diag_solve(step: Any, x: list[Any]) -> Any:
     return x[1] / np.diag(x[0])[:, None]
 
 
+def _trmm_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
+    a, other = solve_operands(program, i, env)
+    return float(a * a * other)  # m*m*n for an m x m triangle times m x n: half of a GEMM
+
+
+def _lower_trmm(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    from .triangular_ops import trmm
+
+    return trmm(args[0], args[1], lower=bool(step.attr("lower", True)),
+                trans=bool(step.attr("trans", False)), side=step.attr("side", "left"),
+                alpha=step.attr("alpha", 1.0))
+
+
+def _ref_trmm(step: Any, x: list[Any]) -> Any:
+    import numpy as np
+
+    tri = np.tril(x[0]) if step.attr("lower", True) else np.triu(x[0])
+    if step.attr("trans"):
+        tri = tri.T
+    out = tri @ x[1] if step.attr("side", "left") == "left" else x[1] @ tri
+    return step.attr("alpha", 1.0) * out
+
+
+def _trmm_text(step: Any) -> str:
+    parts = ["L" if step.attr("lower", True) else "U"]
+    if step.attr("trans"):
+        parts.append("T")
+    if step.attr("side", "left") != "left":
+        parts.append("right")
+    alpha = step.attr("alpha", 1.0)
+    if alpha != 1.0:
+        parts.append(f"{alpha:+g}")
+    return f"trmm ({', '.join(parts)})"
+
+
 for _k in (
     Kernel("trsolve",
            "triangular solve: attrs lower, trans, side ('left': A^-1 B, 'right': B A^-1)",
@@ -67,6 +104,16 @@ for _k in (
            examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3, (("lower", True),)),
                      Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3,
                              (("lower", False), ("trans", True))))),
+    Kernel("trmm",
+           "triangular matrix product (BLAS TRMM): attrs lower, trans, side ('left': "
+           "alpha op(A) B, 'right': alpha B op(A)), alpha",
+           "alpha * op(A) @ B  (A triangular, op: A or A.T)", "product", _trmm_flops,
+           _lower_trmm, pytensor_op="TriangularMatMul", properties=((TRIANGULAR,), ()),
+           reference=_ref_trmm, step_text=_trmm_text,
+           examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3, (("lower", True),)),
+                     Example(((5, 5), (7, 5)), (7, 5), 5.0 * 5 * 7,
+                             (("alpha", -1.5), ("lower", False), ("side", "right"),
+                              ("trans", True))))),
     Kernel("diag_solve", "solve with a diagonal matrix (scaling): side", "D^-1 @ B",
            "solve", _diag_solve_flops, _lower_diag_solve, properties=((DIAGONAL,), ()),
            reference=_ref_diag_solve,

@@ -1,0 +1,290 @@
+"""The triangular matrix product (BLAS ``xTRMM``): :class:`TriangularMatMul`, with its
+Python/C, Numba, JAX and PyTorch implementations.
+
+:func:`trmm` builds a :class:`TriangularMatMul` node::
+
+    trmm(a, b, lower=True, trans=False, side="left", alpha=1.0)
+        == alpha * op(tri(a)) @ b      (side="left")
+        == alpha * b @ op(tri(a))      (side="right")
+
+``a`` is a square ``(m, m)`` float matrix of which only the triangle ``lower`` names is read
+(diagonal included: the other triangle may hold anything, NaN included), ``tri(a)`` is that
+triangle with zeros elsewhere and ``op`` is the transpose when ``trans``. ``b`` is ``(m, n)``
+for ``side="left"`` and ``(n, m)`` for ``"right"``; the result has ``b``'s shape and dtype.
+It costs ``m * m * n`` flops, half of the general product. With ``alpha == 0`` neither ``a``
+nor ``b`` is referenced by the Python/C and Numba backends, as in BLAS.
+
+Backend dispatch:
+
+* Python (``FAST_COMPILE``) and C (``CVM``) linkers: :meth:`TriangularMatMul.perform` takes the
+  triangle with ``np.tril`` / ``np.triu`` and multiplies with ``np.matmul``.
+* Numba (``NUMBA``): an njit function copies ``b`` into the C-ordered output and calls
+  ``{s,d}trmm`` from ``scipy.linalg.cython_blas`` on it in place (the output is its Fortran
+  transpose to BLAS, so the side flips), passing the strides of ``a`` as its leading dimension
+  (C-ordered, F-ordered, transposed and sliced ``a`` are used without a copy).
+* JAX and PyTorch: ``tril`` / ``triu`` and a matmul, registered when PyTensor imports the
+  backend's dispatcher (:mod:`autotune.kernels.backends`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+import numpy as np
+import pytensor.tensor as pt
+from numba.core.extending import overload
+from pytensor.gradient import grad_not_implemented
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+from pytensor.link.numba.cache import _call_cached_ptr
+from pytensor.link.numba.dispatch import basic as numba_basic
+from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
+from pytensor.scalar import upcast
+
+from .backends import on_backend_import
+from .blas import _FLOAT_DTYPES, _INT32_MAX, _blas_routine, _numba_gemm_operand, _val_to_ptr
+
+__all__ = ["TriangularMatMul", "trmm"]
+
+SIDES = ("left", "right")
+
+
+class TriangularMatMul(Op):
+    """``alpha * op(tri(a)) @ b`` (``side='left'``) or ``alpha * b @ op(tri(a))`` (``'right'``),
+    ``tri(a)`` the ``lower`` (else upper) triangle of the square ``a``, ``op`` the transpose when
+    ``trans``. Inputs ``(a, b)`` of the same float dtype (float32 or float64), also the output
+    dtype. Use :func:`trmm` to build nodes: it casts the inputs to a common float dtype."""
+
+    __props__ = ("lower", "trans", "side", "alpha")
+
+    def __init__(self, lower: bool = True, trans: bool = False, side: str = "left",
+                 alpha: float = 1.0):
+        if side not in SIDES:
+            raise ValueError(f"TriangularMatMul: side must be 'left' or 'right', got {side!r}")
+        alpha = float(alpha)
+        if not math.isfinite(alpha):
+            raise ValueError(f"TriangularMatMul: alpha must be finite, got {alpha}")
+        self.lower = bool(lower)
+        self.trans = bool(trans)
+        self.side = side
+        self.alpha = alpha
+
+    def __str__(self) -> str:
+        tri = "tril(a)" if self.lower else "triu(a)"
+        if self.trans:
+            tri += ".T"
+        expr = f"{tri} @ b" if self.side == "left" else f"b @ {tri}"
+        return f"{type(self).__name__}{{{self.alpha!r} * {expr}}}"
+
+    def make_node(self, a, b):
+        name = type(self).__name__
+        a = pt.as_tensor_variable(a)
+        b = pt.as_tensor_variable(b)
+        for label, x in (("a", a), ("b", b)):
+            if x.type.ndim != 2:
+                raise TypeError(f"{name}: `{label}` must be a matrix, got {x.type.ndim} dimensions")
+            if x.type.dtype not in _FLOAT_DTYPES:
+                raise TypeError(f"{name}: `{label}` must be float32 or float64, got {x.type.dtype}")
+        if b.type.dtype != a.type.dtype:
+            raise TypeError(f"{name}: `b` dtype {b.type.dtype} differs from `a` dtype "
+                            f"{a.type.dtype} (trmm() casts both to a common dtype)")
+        inner = b.type.shape[0] if self.side == "left" else b.type.shape[1]
+        known = {s for s in (*a.type.shape, inner) if s is not None}
+        if len(known) > 1:
+            want = "(m, n)" if self.side == "left" else "(n, m)"
+            raise ValueError(f"{name}: needs a square `a` of shape (m, m) and `b` of shape "
+                             f"{want} (side={self.side!r}); got static shapes {a.type.shape}, "
+                             f"{b.type.shape}")
+        m = known.pop() if known else None
+        shape = (m, b.type.shape[1]) if self.side == "left" else (b.type.shape[0], m)
+        return Apply(self, [a, b], [pt.tensor(dtype=a.type.dtype, shape=shape)])
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[1]]
+
+    def perform(self, node, inputs, output_storage):
+        a, b = inputs
+        dtype = node.outputs[0].type.dtype
+        m = a.shape[0]
+        inner = b.shape[0] if self.side == "left" else b.shape[1]
+        if a.shape != (m, m) or inner != m:
+            raise ValueError(f"TriangularMatMul: `a` of shape {a.shape} and `b` of shape "
+                             f"{b.shape} do not fit (side={self.side!r})")
+        if self.alpha == 0.0:  # neither a nor b is referenced, as in BLAS
+            output_storage[0][0] = np.zeros(b.shape, dtype=dtype)
+            return
+        tri = np.tril(a) if self.lower else np.triu(a)
+        if self.trans:
+            tri = tri.T
+        out = tri @ b if self.side == "left" else b @ tri
+        if self.alpha != 1.0:
+            out *= self.alpha
+        output_storage[0][0] = np.asarray(out, dtype=dtype)
+
+    def pullback(self, inputs, outputs, cotangents):
+        return [
+            grad_not_implemented(self, i, inp, "TriangularMatMul has no gradient implemented")
+            for i, inp in enumerate(inputs)
+        ]
+
+
+def trmm(a, b, lower: bool = True, trans: bool = False, side: str = "left",
+         alpha: float = 1.0):
+    """Return ``alpha * op(tri(a)) @ b`` (``side='left'``) or ``alpha * b @ op(tri(a))``
+    (``'right'``), reading only the ``lower`` (else upper) triangle of the square ``a``; ``op``
+    transposes when ``trans``. Inputs are cast to their common float dtype (integers to float,
+    float16 to float32; complex is rejected)."""
+    a = pt.as_tensor_variable(a)
+    b = pt.as_tensor_variable(b)
+    dtype = upcast(a.type.dtype, b.type.dtype)
+    if dtype not in _FLOAT_DTYPES:
+        if dtype.startswith("complex"):
+            raise TypeError(f"trmm: complex inputs are not supported (got {dtype})")
+        dtype = upcast(dtype, "float32")
+    op = TriangularMatMul(lower=lower, trans=trans, side=side, alpha=alpha)
+    return op(pt.cast(a, dtype), pt.cast(b, dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Numba dispatch
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _numba_xtrmm(dtype: str):
+    """An njit function calling ``{s,d}trmm`` (Fortran argument list), see
+    :func:`~autotune.kernels.blas._blas_routine`."""
+    # SIDE UPLO TRANSA DIAG M N ALPHA A LDA B LDB
+    get_pointer, fn_type, unique_name = _blas_routine("trmm", dtype, "cccciiffifi")
+
+    @numba_basic.numba_njit
+    def xtrmm(SIDE, UPLO, TRANSA, DIAG, M, N, ALPHA, A, LDA, B, LDB):
+        fn = _call_cached_ptr(
+            get_ptr_func=get_pointer,
+            func_type_ref=fn_type,
+            unique_func_name_lit=unique_name,
+        )
+        fn(SIDE, UPLO, TRANSA, DIAG, M, N, ALPHA, A, LDA, B, LDB)
+
+    return xtrmm
+
+
+def _trmm_inplace(a, out, lower, trans, left, alpha):
+    """``out := alpha * op(tri(a)) @ out`` (``left``) or ``alpha * out @ op(tri(a))``.
+
+    Numba-only (overloaded); ``out`` must be C-contiguous, of ``a``'s dtype.
+    """
+    raise NotImplementedError("_trmm_inplace is only callable from numba-compiled code")
+
+
+@overload(_trmm_inplace)
+def _trmm_inplace_impl(a, out, lower, trans, left, alpha):
+    dtype = str(a.dtype)
+    if dtype not in _FLOAT_DTYPES or str(out.dtype) != dtype:
+        raise numba.TypingError(f"_trmm_inplace: unsupported dtypes {a.dtype}, {out.dtype}")
+    xtrmm = _numba_xtrmm(dtype)
+    scalar = np.float32 if dtype == "float32" else np.float64
+    int32_max = _INT32_MAX
+
+    def impl(a, out, lower, trans, left, alpha):
+        p, q = out.shape
+        if p == 0 or q == 0:
+            return
+        if p > int32_max or q > int32_max:
+            raise ValueError("TriangularMatMul: dimension too large for 32-bit BLAS")
+        # `out` (C-contiguous, (p, q)) is the Fortran (q, p) matrix out.T, leading dimension q:
+        # out = op(A) @ out is out.T := out.T @ op(A).T, BLAS side 'R' (and 'L' for the right
+        # side). BLAS sees `a` as a.T when its rows are contiguous, else as `a` itself, so
+        # op(A).T is that matrix itself ('N') exactly when (rows) != trans, and its stored
+        # triangle is the other one when it sees a.T.
+        a_use, a_rows, lda = _numba_gemm_operand(a)
+        side = np.int8(ord("R") if left else ord("L"))
+        uplo = np.int8(ord("L") if lower != a_rows else ord("U"))
+        transa = np.int8(ord("N") if a_rows != trans else ord("T"))
+        xtrmm(
+            _val_to_ptr(side),
+            _val_to_ptr(uplo),
+            _val_to_ptr(transa),
+            _val_to_ptr(np.int8(ord("N"))),
+            _val_to_ptr(np.int32(q)),
+            _val_to_ptr(np.int32(p)),
+            _val_to_ptr(scalar(alpha)),
+            a_use.ctypes,
+            _val_to_ptr(np.int32(lda)),
+            out.ctypes,
+            _val_to_ptr(np.int32(q)),
+        )
+
+    return impl
+
+
+@register_funcify_default_op_cache_key(TriangularMatMul)
+def numba_funcify_TriangularMatMul(op, node, **kwargs):
+    lower, trans, left, alpha = op.lower, op.trans, op.side == "left", op.alpha
+
+    @numba_basic.numba_njit
+    def trmm_numba(a, b):
+        m = a.shape[0]
+        if a.shape[1] != m or (b.shape[0] if left else b.shape[1]) != m:
+            raise ValueError("TriangularMatMul: `a` must be square and fit `b`")
+        out = np.empty(b.shape, dtype=b.dtype)
+        if alpha == 0.0:  # b is not referenced, as in BLAS
+            out[:] = 0.0
+        else:
+            out[:] = b
+        _trmm_inplace(a, out, lower, trans, left, alpha)
+        return out
+
+    cache_version = 1
+    return trmm_numba, cache_version
+
+
+# --------------------------------------------------------------------------------------------
+# JAX / PyTorch dispatch
+# --------------------------------------------------------------------------------------------
+
+
+def _trmm_impl(op: TriangularMatMul, tril, triu, transpose):
+    lower, trans, left, alpha = op.lower, op.trans, op.side == "left", op.alpha
+
+    def trmm(a, b):
+        tri = tril(a) if lower else triu(a)
+        if trans:
+            tri = transpose(tri)
+        return alpha * (tri @ b if left else b @ tri)
+
+    return trmm
+
+
+def _register_jax() -> bool:
+    try:
+        import jax.numpy as jnp
+        from pytensor.link.jax.dispatch import jax_funcify
+    except ImportError:
+        return False
+
+    @jax_funcify.register(TriangularMatMul)
+    def jax_funcify_TriangularMatMul(op, **kwargs):
+        return _trmm_impl(op, jnp.tril, jnp.triu, lambda x: x.T)
+
+    return True
+
+
+def _register_pytorch() -> bool:
+    try:
+        import torch
+        from pytensor.link.pytorch.dispatch import pytorch_funcify
+    except ImportError:
+        return False
+
+    @pytorch_funcify.register(TriangularMatMul)
+    def pytorch_funcify_TriangularMatMul(op, **kwargs):
+        return _trmm_impl(op, torch.tril, torch.triu, lambda x: x.mT)
+
+    return True
+
+
+on_backend_import("jax", _register_jax)
+on_backend_import("pytorch", _register_pytorch)
