@@ -122,6 +122,22 @@ def test_flops_match_the_hand_count(kernel, j):
     assert program.flops({}) == pytest.approx(ex.flops, rel=1e-12)
 
 
+@pytest.mark.parametrize(("kernel", "j"), CASES)
+def test_cost_of_the_shapes_is_the_hand_count(kernel, j):
+    """``cost`` (what a derivation asks before emitting a step) agrees with the example."""
+    ex = kernel.examples[j]
+    shapes = tuple(s if s else (1, 1) for s in ex.args)
+    assert kernel.cost(shapes, ex.shape, dict(ex.attrs)) == pytest.approx(ex.flops, rel=1e-12)
+
+
+def test_kernel_knobs_are_knob_families():
+    from autotune.space import KNOB_FAMILIES
+
+    knobs = {k.knob for k in KERNELS.values() if k.knob}
+    assert knobs == {"syrk", "symprod"} and knobs <= set(KNOB_FAMILIES)
+    assert all(KERNELS[k].cost is None for k in ("input", "slice", "transpose", "block"))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize(("kernel", "j"), CASES)
@@ -182,16 +198,16 @@ def test_registration_rules():
         register_kernel(matmul)
     assert register_kernel(matmul, replace=True) is matmul
     with pytest.raises(ValueError, match="needs a NumPy reference"):
-        Kernel("foo", "d", "A", "product", matmul.flops, matmul.lower)
+        Kernel("foo", "d", "A", "product", matmul.cost, matmul.lower)
     with pytest.raises(ValueError, match="family"):
-        Kernel("foo", "d", "A", "colour", matmul.flops, matmul.lower, structural=True)
+        Kernel("foo", "d", "A", "colour", matmul.cost, matmul.lower, structural=True)
 
 
 def test_a_registered_kernel_is_covered(monkeypatch):
     """A kernel registered anywhere joins KERNELS, hence every parametrization above (which is
     collected from KERNELS) and the views read by program, pinned and graph."""
     twice = Kernel("twice", "two times a matrix", "2*A", "elementwise",
-                   lambda program, i, env: float(np.prod(program.shape(i, env))),
+                   lambda shapes, shape, attrs: float(shape[0] * shape[1]),
                    lambda step, a, env, dtype: a[0] * 2, label="2x",
                    reference=lambda step, x: 2 * x[0],
                    examples=(Example(((3, 5),), (3, 5), 15.0),))

@@ -14,14 +14,13 @@ from .registry import Example, Kernel, register_kernel
 __all__ = ["solve_operands"]
 
 
-def solve_operands(program: Any, i: int, env: Mapping[str, int]) -> tuple[int, int]:
-    """``(a, rhs)`` of a solve-like step (args ``(A, B)``, attr ``side``): the order of the
+def solve_operands(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]
+                   ) -> tuple[int, int]:
+    """``(a, rhs)`` of a solve-like step (operands ``(A, B)``, attr ``side``): the order of the
     square ``A`` and the number of right-hand sides (columns of the result for ``side='left'``,
     rows for ``'right'``)."""
-    s = program.steps[i]
-    m, n = program.shape(i, env)
-    a = program.shape(s.args[0], env)[0]
-    return a, (n if s.attr("side", "left") == "left" else m)
+    m, n = shape
+    return shapes[0][0], (n if attrs.get("side", "left") == "left" else m)
 
 
 def _linalg() -> Any:
@@ -32,30 +31,29 @@ def _linalg() -> Any:
     return linalg
 
 
-def _cholesky_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
-    m = program.shape(i, env)[0]
+def _cholesky_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    m = shape[0]
     return m**3 / 3.0
 
 
-def _cho_solve_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
-    a, rhs = solve_operands(program, i, env)
+def _cho_solve_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    a, rhs = solve_operands(shapes, shape, attrs)
     return 2.0 * a * a * rhs
 
 
-def _solve_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
-    a, rhs = solve_operands(program, i, env)
-    kind = program.steps[i].attr("assume_a", "gen")
-    factor = a**3 / 3.0 if kind == "pos" else 2.0 * a**3 / 3.0
+def _solve_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    a, rhs = solve_operands(shapes, shape, attrs)
+    factor = a**3 / 3.0 if attrs.get("assume_a", "gen") == "pos" else 2.0 * a**3 / 3.0
     return factor + 2.0 * a * a * rhs
 
 
-def _inv_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
-    m = program.shape(i, env)[0]
+def _inv_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    m = shape[0]
     return 2.0 * m**3  # LU factorization + inversion (getrf + getri)
 
 
-def _spd_inv_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
-    m = program.shape(i, env)[0]
+def _spd_inv_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    m = shape[0]
     return float(m**3)  # Cholesky + inversion from it (potrf n^3/3 + potri 2n^3/3)
 
 
@@ -115,25 +113,25 @@ def _solve_text(step: Any) -> str:
 
 for _k in (
     Kernel("cholesky", "Cholesky factor L (lower) of an SPD matrix", "L with L @ L.T = A",
-           "factor", _cholesky_flops, _lower_cholesky, pytensor_op="Cholesky",
+           "factor", _cholesky_cost, _lower_cholesky, pytensor_op="Cholesky",
            properties=((SYMMETRIC, PD),), reference=_ref_cholesky,
            examples=(Example(((7, 7),), (7, 7), 7**3 / 3.0),)),
     Kernel("cho_solve", "solve with a Cholesky factor: args (L, B)", "(L @ L.T)^-1 @ B",
-           "solve", _cho_solve_flops, _lower_cho_solve, pytensor_op="CholeskySolve",
+           "solve", _cho_solve_cost, _lower_cho_solve, pytensor_op="CholeskySolve",
            properties=((LOWER,), ()), reference=_ref_cho_solve,
            examples=(Example(((5, 5), (5, 3)), (5, 3), 2.0 * 5 * 5 * 3),)),
     Kernel("solve", "general solve A^-1 B: attrs assume_a ('gen', 'sym', 'pos'), side",
-           "A^-1 @ B", "solve", _solve_flops, _lower_solve, pytensor_op="Solve",
+           "A^-1 @ B", "solve", _solve_cost, _lower_solve, pytensor_op="Solve",
            properties=((), ()), reference=_ref_solve, step_text=_solve_text,
            examples=(Example(((5, 5), (5, 3)), (5, 3), 2.0 * 5**3 / 3 + 2.0 * 5 * 5 * 3,
                              (("assume_a", "gen"),)),
                      Example(((5, 5), (5, 3)), (5, 3), 5**3 / 3 + 2.0 * 5 * 5 * 3,
                              (("assume_a", "pos"),), ((SYMMETRIC, PD), ())))),
-    Kernel("inv", "explicit inverse", "A^-1", "factor", _inv_flops, _lower_inv,
+    Kernel("inv", "explicit inverse", "A^-1", "factor", _inv_cost, _lower_inv,
            pytensor_op="MatrixInverse", reference=_ref_inv,
            examples=(Example(((7, 7),), (7, 7), 2.0 * 7**3),)),
     Kernel("spd_inv", "explicit inverse of an SPD matrix by Cholesky (potrf + potri), symmetric",
-           "A^-1  (A SPD)", "factor", _spd_inv_flops, _lower_spd_inv, pytensor_op="SPDInverse",
+           "A^-1  (A SPD)", "factor", _spd_inv_cost, _lower_spd_inv, pytensor_op="SPDInverse",
            properties=((SYMMETRIC, PD),), reference=_ref_inv,
            examples=(Example(((7, 7),), (7, 7), 7.0**3),)),
 ):

@@ -13,11 +13,9 @@ from .registry import Example, Kernel, register_kernel
 __all__: list[str] = []
 
 
-def _matmul_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
-    s = program.steps[i]
-    m, n = program.shape(i, env)
-    a = program.shape(s.args[0], env)
-    return 2.0 * a[0] * a[1] * n
+def _matmul_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    (m, k), n = shapes[0], shape[1]
+    return 2.0 * m * k * n
 
 
 def _lower_matmul(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
@@ -26,11 +24,10 @@ def _lower_matmul(step: Any, args: list[Any], env: Mapping[str, int], dtype: str
     return pt.dot(args[0], args[1])
 
 
-def _syrk_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
-    s = program.steps[i]
-    m, n = program.shape(i, env)
-    k = program.shape(s.args[0], env)[0]
-    extra = m * n if len(s.args) > 1 else 0
+def _syrk_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    m, n = shape
+    k = shapes[0][0]
+    extra = m * n if len(shapes) > 1 else 0
     return float(n * n * k + extra)  # n(n+1)k ~ n^2 k: half of a GEMM
 
 
@@ -54,11 +51,10 @@ def _syrk_text(step: Any) -> str:
     return "syrk"
 
 
-def _symprod_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
-    s = program.steps[i]
-    m, n = program.shape(i, env)
-    k = program.shape(s.args[0], env)[1]
-    extra = m * n if len(s.args) > 2 else 0
+def _symprod_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    m, n = shape
+    k = shapes[0][1]
+    extra = m * n if len(shapes) > 2 else 0
     return float(m * (m + 1) * k + extra)  # the lower triangle: half of a GEMM
 
 
@@ -89,21 +85,21 @@ SYMMETRIC_PRODUCT = "symmetric_product"
 
 for _k in (
     Kernel("matmul", "general matrix product (GEMM/GEMV)", "A @ B", "product",
-           _matmul_flops, _lower_matmul,
+           _matmul_cost, _lower_matmul,
            reference=lambda step, x: x[0] @ x[1],
            examples=(Example(((5, 3), (3, 7)), (5, 7), 2.0 * 5 * 3 * 7),
                      Example(((4, 9), (9, 1)), (4, 1), 2.0 * 4 * 9))),
     Kernel("syrk", "symmetric rank-k update alpha*A.T@A + beta*C (full symmetric result)",
-           "alpha*A.T@A + beta*C", "product", _syrk_flops, _lower_syrk,
-           pytensor_op="SymRankK", properties=((), (SYMMETRIC,)),
+           "alpha*A.T@A + beta*C", "product", _syrk_cost, _lower_syrk,
+           pytensor_op="SymRankK", knob="syrk", properties=((), (SYMMETRIC,)),
            reference=_ref_syrk, step_text=_syrk_text,
            examples=(Example(((7, 5),), (5, 5), 5.0 * 5 * 7),
                      Example(((3, 5), (5, 5)), (5, 5), 5.0 * 5 * 3 + 25,
                              (("alpha", -0.75), ("beta", 1.5))))),
     Kernel("symprod",
            "product known to be symmetric alpha*A@B + beta*C: one triangle, mirrored",
-           "alpha*A@B + beta*C  (A@B symmetric)", "product", _symprod_flops, _lower_symprod,
-           pytensor_op="SymProduct",
+           "alpha*A@B + beta*C  (A@B symmetric)", "product", _symprod_cost, _lower_symprod,
+           pytensor_op="SymProduct", knob="symprod",
            properties=((SYMMETRIC_PRODUCT,), (SYMMETRIC_PRODUCT,), (SYMMETRIC,)),
            reference=_ref_symprod, step_text=_symprod_text,
            examples=(Example(((5, 3), (3, 5)), (5, 5), 5.0 * 6 * 3),

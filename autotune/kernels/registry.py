@@ -4,7 +4,9 @@ step may name, holding every fact about it that the rest of the package reads.
 * what it computes: :attr:`Kernel.pattern` (one line, e.g. ``alpha*A.T@A + beta*C``), the
   :attr:`Kernel.properties` it needs of its operands, and :attr:`Kernel.reference`, the same
   computation in NumPy/SciPy (what the registry tests check the lowering against);
-* its cost: :attr:`Kernel.flops` (read by :meth:`Program.step_flops`);
+* its cost: :attr:`Kernel.cost`, a function of the operand shapes (what a derivation can ask
+  before emitting a step), and :meth:`Kernel.flops` of a program's step (read by
+  :meth:`Program.step_flops`);
 * its lowering to PyTensor: :attr:`Kernel.lower` (read by :mod:`autotune.lower`), and
   :attr:`Kernel.pytensor_op`, the op class a pinned compile holds for it (read by
   :data:`autotune.pinned.PROGRAM_KERNELS`);
@@ -24,6 +26,7 @@ from typing import Any
 __all__ = [
     "FAMILIES",
     "TRIANGULAR",
+    "Cost",
     "Example",
     "Kernel",
     "KERNELS",
@@ -36,6 +39,10 @@ FAMILIES = ("input", "data", "elementwise", "product", "factor", "solve")
 
 #: Operand property "lower or upper triangular, as the step's ``lower`` attribute says".
 TRIANGULAR = "triangular"
+
+
+#: ``cost(operand shapes, result shape, step attributes) -> FLOPs``.
+Cost = Callable[[tuple[tuple[int, int], ...], tuple[int, int], Mapping[str, Any]], float]
 
 
 @dataclass(frozen=True)
@@ -56,18 +63,20 @@ class Example:
 class Kernel:
     """Everything the package knows about one program op.
 
-    ``flops(program, i, env)`` is the cost of step ``i`` of ``program`` at the concrete sizes
-    ``env``; ``lower(step, args, env, dtype)`` builds its PyTensor variable from the variables of
-    its arguments. ``properties`` holds, per operand, the property names (those of
+    ``cost(shapes, shape, attrs)`` is its FLOP count for operands of the concrete ``shapes``, a
+    result of ``shape`` and the step attributes ``attrs`` (None: free, a view or a constant);
+    ``lower(step, args, env, dtype)`` builds its PyTensor variable from the variables of its
+    arguments. ``properties`` holds, per operand, the property names (those of
     :mod:`autotune.properties`, or :data:`TRIANGULAR`) the kernel relies on; ``reference(step,
     operands)`` computes ``pattern`` with NumPy/SciPy (None for structural ops, which are not
-    computations of their own)."""
+    computations of their own). ``knob``: the boolean knob that lets the derivation use the
+    kernel, if any."""
 
     name: str
     description: str
     pattern: str
     family: str
-    flops: Callable[[Any, int, Mapping[str, int]], float]
+    cost: Cost | None
     lower: Callable[[Any, list[Any], Mapping[str, int], str], Any]
     label: str = ""
     pytensor_op: str | None = None
@@ -76,6 +85,7 @@ class Kernel:
     reference: Callable[[Any, list[Any]], Any] | None = None
     examples: tuple[Example, ...] = ()
     step_text: Callable[[Any], str] | None = field(default=None, repr=False)
+    knob: str | None = None
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -86,6 +96,14 @@ class Kernel:
         if not self.structural and (self.reference is None or not self.examples):
             raise ValueError(f"kernel {self.name!r} computes something: it needs a NumPy "
                              "reference and at least one example")
+
+    def flops(self, program: Any, i: int, env: Mapping[str, int]) -> float:
+        """The FLOPs of step ``i`` of ``program`` at the concrete sizes ``env``."""
+        if self.cost is None:
+            return 0.0
+        step = program.steps[i]
+        shapes = tuple(program.shape(j, env) for j in step.args)
+        return self.cost(shapes, program.shape(i, env), dict(step.attrs))
 
     def step_label(self, step: Any) -> str:
         """The text a picture shows for ``step`` (the label, with the step's attributes where

@@ -15,8 +15,8 @@ from .registry import TRIANGULAR, Example, Kernel, register_kernel
 __all__: list[str] = []
 
 
-def _trsolve_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
-    a, rhs = solve_operands(program, i, env)
+def _trsolve_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    a, rhs = solve_operands(shapes, shape, attrs)
     return float(a * a * rhs)
 
 
@@ -43,8 +43,8 @@ def _trsolve_text(step: Any) -> str:
     return f"trsolve ({', '.join(parts)})"
 
 
-def _diag_solve_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
-    a, rhs = solve_operands(program, i, env)
+def _diag_solve_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    a, rhs = solve_operands(shapes, shape, attrs)
     return float(a * rhs)
 
 
@@ -60,8 +60,8 @@ def _ref_diag_solve(step: Any, x: list[Any]) -> Any:
     return x[1] / np.diag(x[0])[:, None]
 
 
-def _trmm_flops(program: Any, i: int, env: Mapping[str, int]) -> float:
-    a, other = solve_operands(program, i, env)
+def _trmm_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    a, other = solve_operands(shapes, shape, attrs)
     return float(a * a * other)  # m*m*n for an m x m triangle times m x n: half of a GEMM
 
 
@@ -98,7 +98,7 @@ def _trmm_text(step: Any) -> str:
 for _k in (
     Kernel("trsolve",
            "triangular solve: attrs lower, trans, side ('left': A^-1 B, 'right': B A^-1)",
-           "op(A)^-1 @ B  (A triangular, op: A or A.T)", "solve", _trsolve_flops,
+           "op(A)^-1 @ B  (A triangular, op: A or A.T)", "solve", _trsolve_cost,
            _lower_trsolve, pytensor_op="SolveTriangular", properties=((TRIANGULAR,), ()),
            reference=_ref_trsolve, step_text=_trsolve_text,
            examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3, (("lower", True),)),
@@ -107,7 +107,7 @@ for _k in (
     Kernel("trmm",
            "triangular matrix product (BLAS TRMM): attrs lower, trans, side ('left': "
            "alpha op(A) B, 'right': alpha B op(A)), alpha",
-           "alpha * op(A) @ B  (A triangular, op: A or A.T)", "product", _trmm_flops,
+           "alpha * op(A) @ B  (A triangular, op: A or A.T)", "product", _trmm_cost,
            _lower_trmm, pytensor_op="TriangularMatMul", properties=((TRIANGULAR,), ()),
            reference=_ref_trmm, step_text=_trmm_text,
            examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3, (("lower", True),)),
@@ -115,7 +115,7 @@ for _k in (
                              (("alpha", -1.5), ("lower", False), ("side", "right"),
                               ("trans", True))))),
     Kernel("diag_solve", "solve with a diagonal matrix (scaling): side", "D^-1 @ B",
-           "solve", _diag_solve_flops, _lower_diag_solve, properties=((DIAGONAL,), ()),
+           "solve", _diag_solve_cost, _lower_diag_solve, properties=((DIAGONAL,), ()),
            reference=_ref_diag_solve,
            examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 3),)),
 ):
