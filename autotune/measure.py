@@ -149,7 +149,7 @@ def _build(problem, job: Job, target):
     program = derive(problem, job.knobs, job.dims)
     flops = program.flops(job.dims)
     if job.variant == "numpy":
-        from .compare import build_numpy
+        from .evaluators import build_numpy
 
         return build_numpy(problem, job.dims, "inv"), flops, "numpy"
     rewrites = "pytensor" if job.variant == "pytensor" else "chosen"
