@@ -52,6 +52,7 @@ from sympy.matrices.expressions import (
 
 from .errors import AutotuneError, DerivationError
 from .formula import parse_formula
+from .inverses import _inverses, inverse_labels  # noqa: F401 - re-exported
 from .properties import (
     DIAGONAL,
     IDENTITY,
@@ -234,28 +235,6 @@ def factor_common(expr: sp.Basic) -> sp.Basic:
     return MatAdd(*[factor_common(t) for t in expr.args]).doit(deep=False)
 
 
-def _inverses(e: sp.Basic) -> list[sp.Basic]:
-    """Inverted sub-expressions, innermost first (in the order of a post-order traversal of
-    the written-out tree, visiting every shared node once: linear in the distinct nodes)."""
-    out: list[sp.Basic] = []
-    found: set[sp.Basic] = set()
-    seen: set[sp.Basic] = set()
-    stack: list[tuple[sp.Basic, bool]] = [(e, False)]
-    while stack:
-        node, ready = stack.pop()
-        if ready:
-            if isinstance(node, Inverse) and node.arg not in found:
-                found.add(node.arg)
-                out.append(node.arg)
-            continue
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.append((node, True))
-        stack.extend((a, False) for a in reversed(node.args) if a not in seen)
-    return out
-
-
 def _is_zero(e: sp.Basic) -> bool:
     return isinstance(e, ZeroMatrix)
 
@@ -390,25 +369,6 @@ def _split_counted(e: sp.Basic) -> tuple[sp.Basic, list[tuple[sp.Basic, int]]]:
         else:
             coeff *= a
     return coeff, out
-
-
-def inverse_labels(problem: Problem, fb: FactBase) -> dict[sp.Basic, str]:
-    """A solver label for every distinct inverted sub-expression: the name of the definition
-    it equals, else ``inv1``, ``inv2``, ... in order of appearance."""
-    by_expr = {canonical(problem.expressions[d], fb): d for d in problem.definitions}
-    labels: dict[sp.Basic, str] = {}
-    count = 0
-    for name in problem.outputs:
-        for x in _inverses(problem.expressions[name]):
-            key = canonical(x, fb)
-            if key in labels:
-                continue
-            if key in by_expr:
-                labels[key] = by_expr[key]
-            else:
-                count += 1
-                labels[key] = f"inv{count}"
-    return labels
 
 
 def block_problem(problem: Problem, blocks: dict[str, int], fb: FactBase) -> Blocked:

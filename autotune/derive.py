@@ -43,6 +43,7 @@ from sympy.matrices.expressions import (
 from .blocking import Blocked, block_problem, inverse_labels
 from .errors import DerivationError, KnobError
 from .formula import MAX_FACTORS
+from .knobs import normalize_knobs, solver_choices
 from .program import Program, Step
 from .properties import (
     DIAGONAL,
@@ -54,7 +55,6 @@ from .properties import (
     canonical,
     split_coeff,
 )
-from .space import normalize_knobs, solver_choices
 from .spec import Problem
 
 __all__ = ["derive", "block_sizes"]

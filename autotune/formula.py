@@ -32,6 +32,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr, ZeroMatrix
@@ -582,3 +583,16 @@ def parse_dim_formula(text: str, where: str) -> Callable[[Mapping[str, int]], in
 
     evaluate.names = [t.text for t in toks if t.kind == "name"]  # type: ignore[attr-defined]
     return evaluate
+
+
+_DIM_CACHE: dict[str, Any] = {}
+
+
+def eval_dim(formula: str, env: Mapping[str, int]) -> int:
+    """A dimension formula (``"n // 2"``, ``"n_0"``) evaluated at ``env``; each formula is
+    parsed once."""
+    fn = _DIM_CACHE.get(formula)
+    if fn is None:
+        fn = parse_dim_formula(formula, f"shape {formula!r}")
+        _DIM_CACHE[formula] = fn
+    return fn(env)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .formula import parse_dim_formula
+from .formula import eval_dim, parse_dim_formula
 from .kernels.registry import KERNELS
 
 __all__ = ["Step", "Program", "OPS"]
@@ -164,12 +164,4 @@ class Program:
         return "\n".join(lines)
 
 
-_DIM_CACHE: dict[str, Any] = {}
-
-
-def _eval(formula: str, env: Mapping[str, int]) -> int:
-    fn = _DIM_CACHE.get(formula)
-    if fn is None:
-        fn = parse_dim_formula(formula, f"shape {formula!r}")
-        _DIM_CACHE[formula] = fn
-    return fn(env)
+_eval = eval_dim  # a step's dimension formula at concrete sizes

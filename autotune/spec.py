@@ -536,7 +536,7 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
         source=text,
         origin=origin,
     )
-    from .space import validate_search  # late import: space depends on spec
+    from .knobs import validate_search  # late import: space depends on spec
 
     try:
         problem.resolve_dims()  # dims formulas evaluate at the defaults

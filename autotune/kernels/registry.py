@@ -157,9 +157,9 @@ def get_kernel(name: str) -> Kernel:
 
 def dim(formula: str, env: Mapping[str, int]) -> int:
     """A dimension formula of a step evaluated at ``env``."""
-    from ..program import _eval
+    from ..formula import eval_dim
 
-    return _eval(formula, env)
+    return eval_dim(formula, env)
 
 
 def out_shape(step: Any, env: Mapping[str, int]) -> tuple[int, int]:
