@@ -40,7 +40,7 @@ def _compile(problem, knobs, dims, rewrites="chosen"):
 
 def _kernels(counts):
     names = {"MatrixInverse", "SPDInverse", "Cholesky", "SolveTriangular", "CholeskySolve",
-             "Solve", "SymRankK", "SymProduct"}
+             "Solve", "SymRankK", "SymProduct", "GeneralProduct"}
     return {k: v for k, v in counts.items() if k in names}
 
 

@@ -209,3 +209,44 @@ def _numba_copy_lower(c, out):
                 for j in range(j0, min(j0 + bs, i + 1)):
                     out[i, j] = c[i, j]
 
+
+
+@functools.cache
+def _numba_xgemv(dtype: str):
+    """An njit function calling ``{s,d}gemv`` (Fortran argument list), see :func:`_blas_routine`."""
+    # TRANS M N ALPHA A LDA X INCX BETA Y INCY
+    get_gemv_pointer, gemv_type, unique_name = _blas_routine("gemv", dtype, "ciiffififfi")
+
+    @numba_basic.numba_njit
+    def xgemv(TRANS, M, N, ALPHA, A, LDA, X, INCX, BETA, Y, INCY):
+        fn = _call_cached_ptr(
+            get_ptr_func=get_gemv_pointer,
+            func_type_ref=gemv_type,
+            unique_func_name_lit=unique_name,
+        )
+        fn(TRANS, M, N, ALPHA, A, LDA, X, INCX, BETA, Y, INCY)
+
+    return xgemv
+
+
+def _alloc_matrix(m, n, like):
+    """An uninitialised C-ordered ``(m, n)`` array of ``like``'s dtype (numba-only, overloaded);
+    big ones are allocated by NumPy, as in :func:`_alloc_square`."""
+    return np.empty((m, n), dtype=like.dtype)
+
+
+@overload(_alloc_matrix)
+def _alloc_matrix_impl(m, n, like):
+    np_dtype = np.dtype(str(like.dtype))
+    out_type = types.Array(like.dtype, 2, "C")
+    numpy_alloc_min = _NUMPY_ALLOC_MIN_BYTES // np_dtype.itemsize
+
+    def impl(m, n, like):
+        if m * n >= numpy_alloc_min:
+            with numba.objmode(out=out_type):
+                out = np.empty((m, n), dtype=np_dtype)
+        else:
+            out = np.empty((m, n), dtype=np_dtype)
+        return out
+
+    return impl

@@ -1,5 +1,13 @@
-"""The symmetric products: :class:`SymRankK` (BLAS ``xSYRK``) and :class:`SymProduct` (a GEMM
+"""The products: :class:`GeneralProduct` (one BLAS ``xGEMM``/``xGEMV`` call, transposes as
+flags), and the symmetric ones, :class:`SymRankK` (BLAS ``xSYRK``) and :class:`SymProduct` (a GEMM
 computing one triangle), with their Python/C, Numba, JAX and PyTorch implementations.
+
+:func:`general_product` builds a :class:`GeneralProduct` node, ``alpha * a @ b + beta * c``. The
+registry's ``matmul`` lowers to PyTensor's ``Dot`` (so that PyTensor's own rewrites still see a
+product); importing this module registers ``autotune_dot_to_general_product``, a late rewrite of
+the Numba backend only (tag ``numba``) that turns a float matrix ``Dot`` into a
+:class:`GeneralProduct`. PyTensor's Numba ``Dot`` goes through ``np.dot``, which copies a
+transposed (Fortran-ordered) operand: ``H.T @ x`` at n = 2000 took 20 ms against 1.3 ms.
 
 :func:`sym_rank_k` builds a :class:`SymRankK` node, the symmetric rank-k update::
 
@@ -60,13 +68,16 @@ import numba
 import numpy as np
 import pytensor.tensor as pt
 from numba.core.extending import overload
+from pytensor.compile.mode import optdb
 from pytensor.gradient import grad_not_implemented
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
+from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
 from pytensor.link.numba.cache import _call_cached_ptr
 from pytensor.link.numba.dispatch import basic as numba_basic
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 from pytensor.scalar import upcast
+from pytensor.tensor.math import Dot
 from scipy.linalg import blas as scipy_blas
 
 from .backends import on_backend_import
@@ -74,17 +85,27 @@ from .blas import (
     _BLAS_PREFIX,
     _FLOAT_DTYPES,
     _INT32_MAX,
+    _alloc_matrix,
     _alloc_square,
     _blas_routine,
     _numba_copy_lower,
     _numba_gemm_operand,
     _numba_mirror_lower_to_upper,
     _numba_xgemm,
+    _numba_xgemv,
     _val_to_ptr,
     mirror_lower_to_upper,
 )
 
-__all__ = ["SymProduct", "SymRankK", "sym_product", "sym_product_blocks", "sym_rank_k"]
+__all__ = [
+    "GeneralProduct",
+    "SymProduct",
+    "SymRankK",
+    "general_product",
+    "sym_product",
+    "sym_product_blocks",
+    "sym_rank_k",
+]
 
 # Default row blocking of SymProduct (sym_product_blocks). With 2 BLAS threads the Kalman-shaped
 # k=2000, n=4000 product (benchmarks/sym_product.py) takes 301 ms as one GEMM, 211 ms in 4 row
@@ -675,6 +696,297 @@ def numba_funcify_SymProduct(op, node, **kwargs):
 
 
 
+class GeneralProduct(Op):
+    """General matrix product ``alpha * a @ b + beta * c`` by one BLAS call, no operand copied.
+
+    Inputs are ``(a, b)`` when ``has_c`` is false and ``(a, b, c)`` otherwise, with ``a`` of shape
+    ``(m, k)``, ``b`` of shape ``(k, n)`` and ``c`` of shape ``(m, n)``, all of the same float
+    dtype (float32 or float64), which is also the output dtype (a C-ordered ``(m, n)`` matrix).
+    ``alpha`` and ``beta`` are fixed when the graph is built; with ``beta == 0`` ``c`` is not read.
+    Use :func:`general_product` to build nodes: it casts the inputs to a common float dtype.
+
+    The Numba implementation calls ``{s,d}gemm`` (``{s,d}gemv`` when ``n == 1`` or ``m == 1``)
+    with each operand's transpose flag and leading dimension read from its strides, so C-ordered,
+    F-ordered and transposed operands (``A.T`` of a C-ordered ``A`` is a Fortran-ordered view)
+    are used in place; only strides BLAS cannot express (e.g. ``x[::2, ::2]``) are copied.
+    """
+
+    __props__ = ("alpha", "beta", "has_c")
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, has_c: bool = False):
+        alpha = float(alpha)
+        beta = float(beta) if has_c else 0.0
+        if not (math.isfinite(alpha) and math.isfinite(beta)):
+            raise ValueError(f"alpha and beta must be finite, got alpha={alpha}, beta={beta}")
+        self.alpha = alpha
+        self.beta = beta
+        self.has_c = bool(has_c)
+
+    def __str__(self) -> str:
+        expr = "a @ b" if self.alpha == 1.0 else f"{self.alpha!r} * a @ b"
+        if self.has_c:
+            expr += f" + {self.beta!r} * c"
+        return f"{type(self).__name__}{{{expr}}}"
+
+    def make_node(self, a, b, c=None):
+        name = type(self).__name__
+        a = pt.as_tensor_variable(a)
+        b = pt.as_tensor_variable(b)
+        for label, x in (("a", a), ("b", b)):
+            if x.type.ndim != 2:
+                raise TypeError(f"{name}: `{label}` must be a matrix, got {x.type.ndim} dimensions")
+            if x.type.dtype not in _FLOAT_DTYPES:
+                raise TypeError(f"{name}: `{label}` must be float32 or float64, got {x.type.dtype}")
+        if b.type.dtype != a.type.dtype:
+            raise TypeError(f"{name}: `b` dtype {b.type.dtype} differs from `a` dtype "
+                            f"{a.type.dtype} (general_product() casts to a common dtype)")
+        ka, kb = a.type.shape[1], b.type.shape[0]
+        if ka is not None and kb is not None and ka != kb:
+            raise ValueError(f"{name}: inner dimensions differ: a {a.type.shape}, b {b.type.shape}")
+        m, n = a.type.shape[0], b.type.shape[1]
+        inputs = [a, b]
+        if self.has_c:
+            if c is None:
+                raise TypeError(f"{name}(has_c=True) needs the input `c`")
+            c = pt.as_tensor_variable(c)
+            if c.type.ndim != 2 or c.type.dtype != a.type.dtype:
+                raise TypeError(f"{name}: `c` must be a {a.type.dtype} matrix, got {c.type}")
+            shape = []
+            for s, t in zip((m, n), c.type.shape, strict=True):
+                if s is not None and t is not None and s != t:
+                    raise ValueError(f"{name}: `c` of static shape {c.type.shape} does not match "
+                                     f"the product's ({m}, {n})")
+                shape.append(s if s is not None else t)
+            m, n = shape
+            inputs.append(c)
+        elif c is not None:
+            raise TypeError(f"{name}(has_c=False) takes no input `c`")
+        return Apply(self, inputs, [pt.tensor(dtype=a.type.dtype, shape=(m, n))])
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [(shapes[0][0], shapes[1][1])]
+
+    def perform(self, node, inputs, output_storage):
+        a, b = inputs[0], inputs[1]
+        dtype = node.outputs[0].type.dtype
+        if a.shape[1] != b.shape[0]:
+            raise ValueError(f"GeneralProduct: shapes {a.shape} and {b.shape} do not align")
+        out = np.empty((a.shape[0], b.shape[1]), dtype=dtype)
+        if self.alpha == 0.0 or a.shape[1] == 0:
+            out.fill(0)
+        else:
+            # NumPy's matmul passes C-, F-ordered and transposed operands to BLAS with flags.
+            np.matmul(a, b, out=out)
+            if self.alpha != 1.0:
+                out *= self.alpha
+        if self.has_c and self.beta != 0.0:
+            c = inputs[2]
+            if c.shape != out.shape:
+                raise ValueError(f"GeneralProduct: `c` of shape {c.shape}, needs {out.shape}")
+            out += self.beta * c
+        output_storage[0][0] = out
+
+    def pullback(self, inputs, outputs, cotangents):
+        return [
+            grad_not_implemented(self, i, inp, "GeneralProduct has no gradient implemented")
+            for i, inp in enumerate(inputs)
+        ]
+
+
+def general_product(a, b, c=None, alpha: float = 1.0, beta: float = 0.0):
+    """Return ``alpha * a @ b + beta * c`` (a :class:`GeneralProduct` node): ``a`` ``(m, k)``,
+    ``b`` ``(k, n)``, ``c`` an optional ``(m, n)`` matrix. Inputs are cast to their common float
+    dtype (integers to float, float16 to float32; complex is rejected)."""
+    xs = [pt.as_tensor_variable(x) for x in (a, b, c) if x is not None]
+    dtype = upcast(*(x.type.dtype for x in xs))
+    if dtype not in _FLOAT_DTYPES:
+        if dtype.startswith("complex"):
+            raise TypeError(f"general_product: complex inputs are not supported (got {dtype})")
+        dtype = upcast(dtype, "float32")
+    xs = [pt.cast(x, dtype) for x in xs]
+    return GeneralProduct(alpha=alpha, beta=beta, has_c=c is not None)(*xs)
+
+
+@numba_basic.numba_njit
+def _numba_vector_operand(x, along_rows):
+    """``(x_use, inc)``: the vector ``x[:, 0]`` (``along_rows``) or ``x[0, :]`` as BLAS sees it
+    without a copy (a positive increment); other strides give a contiguous copy."""
+    isz = x.itemsize
+    if along_rows:
+        length = x.shape[0]
+        s = x.strides[0]
+    else:
+        length = x.shape[1]
+        s = x.strides[1]
+    if length == 1:
+        return x, 1
+    if s > 0 and s % isz == 0 and s // isz <= _INT32_MAX:
+        return x, s // isz
+    return np.ascontiguousarray(x), (1 if along_rows else x.shape[0])
+
+
+def _gemm_into(a, b, out, alpha, beta):
+    """``out := alpha * a @ b + beta * out`` by one BLAS call (numba-only, overloaded); ``out``
+    is C-contiguous ``(m, n)`` of ``a``'s dtype, with ``beta == 0`` it is not read."""
+    raise NotImplementedError("_gemm_into is only callable from numba-compiled code")
+
+
+@overload(_gemm_into)
+def _gemm_into_impl(a, b, out, alpha, beta):
+    dtype = str(a.dtype)
+    if dtype not in _FLOAT_DTYPES or str(b.dtype) != dtype or str(out.dtype) != dtype:
+        raise numba.TypingError(f"_gemm_into: unsupported dtypes {a.dtype}, {b.dtype}, {out.dtype}")
+    xgemm = _numba_xgemm(dtype)
+    xgemv = _numba_xgemv(dtype)
+    scalar = np.float32 if dtype == "float32" else np.float64
+    int32_max = _INT32_MAX
+    op_n = np.int8(ord("N"))
+    op_t = np.int8(ord("T"))
+
+    def impl(a, b, out, alpha, beta):
+        m, k = a.shape
+        n = b.shape[1]
+        if m == 0 or n == 0:
+            return
+        if m > int32_max or n > int32_max or k > int32_max:
+            raise ValueError("GeneralProduct: dimension too large for 32-bit BLAS")
+        if k == 0 or alpha == 0.0:
+            # a and b are not referenced (as in BLAS): out := beta * out.
+            for i in range(m):
+                for j in range(n):
+                    out[i, j] = out[i, j] * beta if beta != 0.0 else 0.0
+            return
+        if n == 1:
+            # out[:, 0] := alpha * a @ b[:, 0] + beta * out[:, 0]
+            a_use, a_rows, lda = _numba_gemm_operand(a)
+            x_use, incx = _numba_vector_operand(b, True)
+            if a_rows:  # Fortran sees the (k, m) matrix a.T: y = (a.T).T x
+                trans, rows, cols = op_t, k, m
+            else:  # Fortran sees the (m, k) matrix a
+                trans, rows, cols = op_n, m, k
+            xgemv(_val_to_ptr(trans), _val_to_ptr(np.int32(rows)), _val_to_ptr(np.int32(cols)),
+                  _val_to_ptr(scalar(alpha)), a_use.ctypes, _val_to_ptr(np.int32(lda)),
+                  x_use.ctypes, _val_to_ptr(np.int32(incx)), _val_to_ptr(scalar(beta)),
+                  out.ctypes, _val_to_ptr(np.int32(1)))
+        elif m == 1:
+            # out[0, :] := alpha * b.T @ a[0, :] + beta * out[0, :]
+            b_use, b_rows, ldb = _numba_gemm_operand(b)
+            x_use, incx = _numba_vector_operand(a, False)
+            if b_rows:  # Fortran sees the (n, k) matrix b.T
+                trans, rows, cols = op_n, n, k
+            else:  # Fortran sees the (k, n) matrix b
+                trans, rows, cols = op_t, k, n
+            xgemv(_val_to_ptr(trans), _val_to_ptr(np.int32(rows)), _val_to_ptr(np.int32(cols)),
+                  _val_to_ptr(scalar(alpha)), b_use.ctypes, _val_to_ptr(np.int32(ldb)),
+                  x_use.ctypes, _val_to_ptr(np.int32(incx)), _val_to_ptr(scalar(beta)),
+                  out.ctypes, _val_to_ptr(np.int32(1)))
+        else:
+            # The C-ordered `out` is the Fortran (n, m) matrix out.T = b.T @ a.T: BLAS A is b
+            # (Fortran sees b.T when b's rows are contiguous: 'N', else b: 'T'), BLAS B is a.
+            a_use, a_rows, lda = _numba_gemm_operand(a)
+            b_use, b_rows, ldb = _numba_gemm_operand(b)
+            xgemm(_val_to_ptr(op_n if b_rows else op_t), _val_to_ptr(op_n if a_rows else op_t),
+                  _val_to_ptr(np.int32(n)), _val_to_ptr(np.int32(m)), _val_to_ptr(np.int32(k)),
+                  _val_to_ptr(scalar(alpha)), b_use.ctypes, _val_to_ptr(np.int32(ldb)),
+                  a_use.ctypes, _val_to_ptr(np.int32(lda)), _val_to_ptr(scalar(beta)),
+                  out.ctypes, _val_to_ptr(np.int32(n)))
+
+    return impl
+
+
+@register_funcify_default_op_cache_key(GeneralProduct)
+def numba_funcify_GeneralProduct(op, node, **kwargs):
+    alpha = op.alpha
+    beta = op.beta
+    use_c = op.has_c and op.beta != 0.0
+
+    if op.has_c:
+
+        @numba_basic.numba_njit
+        def general_product_numba(a, b, c):
+            m, k = a.shape
+            n = b.shape[1]
+            if b.shape[0] != k:
+                raise ValueError("GeneralProduct: `b` must have shape (k, n) for `a` (m, k)")
+            if c.shape[0] != m or c.shape[1] != n:
+                raise ValueError("GeneralProduct: `c` must have shape (m, n)")
+            out = _alloc_matrix(m, n, a)
+            if use_c:
+                out[:] = c
+                _gemm_into(a, b, out, alpha, beta)
+            else:
+                _gemm_into(a, b, out, alpha, 0.0)
+            return out
+
+    else:
+
+        @numba_basic.numba_njit
+        def general_product_numba(a, b):
+            m, k = a.shape
+            if b.shape[0] != k:
+                raise ValueError("GeneralProduct: `b` must have shape (k, n) for `a` (m, k)")
+            out = _alloc_matrix(m, b.shape[1], a)
+            _gemm_into(a, b, out, alpha, 0.0)
+            return out
+
+    cache_version = 1
+    return general_product_numba, cache_version
+
+
+@node_rewriter([Dot])
+def local_dot_to_general_product(fgraph, node):
+    """``Dot`` of two float matrices of one dtype -> :class:`GeneralProduct` (Numba backend)."""
+    a, b = node.inputs
+    out = node.outputs[0]
+    if a.type.ndim != 2 or b.type.ndim != 2:
+        return None
+    if not (a.type.dtype == b.type.dtype == out.type.dtype and out.type.dtype in _FLOAT_DTYPES):
+        return None
+    new = GeneralProduct()(a, b)
+    if new.type != out.type:  # Dot knew a static length the operands do not say
+        return None
+    copy_stack_trace(out, new)
+    return [new]
+
+
+# Late (after PyTensor's own canonicalize/specialize passes, which may still rewrite the Dot:
+# an inverse times a matrix into a solve under rewrites="pytensor"), Numba backend only: the
+# tag "numba" is in the NUMBA mode's query and not in CVM's, JAX's or PyTorch's.
+optdb.register(
+    "autotune_dot_to_general_product",
+    in2out(local_dot_to_general_product, name="autotune_dot_to_general_product"),
+    "numba",
+    position=40,
+)
+
+
+def _general_product_matmul_impl(op: GeneralProduct, matmul):
+    """The GeneralProduct op as ``alpha * a @ b + beta * c`` with a backend's ``matmul`` (its
+    compiler handles the transposes)."""
+    alpha, beta = op.alpha, op.beta
+    if op.has_c and beta != 0.0:
+
+        def general_product(a, b, c):
+            return alpha * matmul(a, b) + beta * c
+
+    elif op.has_c:
+
+        def general_product(a, b, c):
+            return alpha * matmul(a, b)
+
+    elif alpha == 1.0:
+
+        def general_product(a, b):
+            return matmul(a, b)
+
+    else:
+
+        def general_product(a, b):
+            return alpha * matmul(a, b)
+
+    return general_product
+
+
 def _matmul_impl(op: SymRankK, matmul):
     """The SYRK op as ``alpha * a.T @ a + beta * c`` with a backend's ``matmul`` (JAX and
     PyTorch have no SYRK; their compilers decide)."""
@@ -734,6 +1046,10 @@ def _register_jax() -> bool:
     def jax_funcify_SymProduct(op, **kwargs):
         return _sym_product_matmul_impl(op, jnp.matmul)
 
+    @jax_funcify.register(GeneralProduct)
+    def jax_funcify_GeneralProduct(op, **kwargs):
+        return _general_product_matmul_impl(op, jnp.matmul)
+
     return True
 
 
@@ -751,6 +1067,10 @@ def _register_pytorch() -> bool:
     @pytorch_funcify.register(SymProduct)
     def pytorch_funcify_SymProduct(op, **kwargs):
         return _sym_product_matmul_impl(op, torch.matmul)
+
+    @pytorch_funcify.register(GeneralProduct)
+    def pytorch_funcify_GeneralProduct(op, **kwargs):
+        return _general_product_matmul_impl(op, torch.matmul)
 
     return True
 

@@ -1,6 +1,7 @@
 """Products: the general product (GEMM/GEMV), the symmetric rank-k update (BLAS SYRK) and the
-product known to be symmetric (one triangle of a GEMM). The PyTensor ops of the last two, with
-their Numba, JAX and PyTorch implementations, are in :mod:`autotune.kernels.product_ops`."""
+product known to be symmetric (one triangle of a GEMM). Their PyTensor ops (GeneralProduct,
+SymRankK, SymProduct), with their Numba, JAX and PyTorch implementations, are in
+:mod:`autotune.kernels.product_ops`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ def _matmul_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) 
 
 def _lower_matmul(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
     import pytensor.tensor as pt
+
+    # A Dot, so that PyTensor's own rewrites still see a product (rewrites="pytensor"); loading
+    # product_ops registers the late Numba rewrite that turns it into a GeneralProduct: one BLAS
+    # call with the transpose flags of each operand's layout, where PyTensor's Numba Dot copies
+    # a transposed operand.
+    from . import product_ops  # noqa: F401  (registers the rewrite)
 
     return pt.dot(args[0], args[1])
 
@@ -85,7 +92,7 @@ SYMMETRIC_PRODUCT = "symmetric_product"
 
 for _k in (
     Kernel("matmul", "general matrix product (GEMM/GEMV)", "A @ B", "product",
-           _matmul_cost, _lower_matmul,
+           _matmul_cost, _lower_matmul, pytensor_op="GeneralProduct",
            reference=lambda step, x: x[0] @ x[1],
            examples=(Example(((5, 3), (3, 7)), (5, 7), 2.0 * 5 * 3 * 7),
                      Example(((4, 9), (9, 1)), (4, 1), 2.0 * 4 * 9))),
