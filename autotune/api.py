@@ -7,7 +7,11 @@
 The plan's problem text is re-parsed with the safe parser and the computation re-derived
 from the stored knobs (never pickle, never eval), then compiled once for the stored target.
 Calls check their inputs (names, shapes, dtypes, finiteness, the properties the plan relies
-on) and raise errors naming the input; they are safe from several threads.
+on) and raise errors naming the input; they are safe from several threads. The checks cost
+next to nothing (:mod:`autotune.checks`): outputs are checked for NaN and infinity and the
+inputs searched for the culprit only when one is found; before the call, one pass without
+temporaries over what no output can vouch for (a symmetric input's two triangles, a
+triangular input's zeros, a matrix that is only factorized).
 
 Loading refuses a damaged or foreign plan with a :class:`PlanError` naming the field: the
 schema (:mod:`autotune.plan`), then what only the problem can tell (:func:`check_plan`: the
@@ -19,6 +23,8 @@ refused with the command that re-tunes the plan.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -84,15 +90,25 @@ def _fingerprint_differences(stored: Mapping[str, Any], here: Mapping[str, Any])
     return diffs
 
 
-def _asymmetry(a: np.ndarray, tile: int = 128) -> float:
-    """max |a - a.T|, tile by tile (cache-resident: 4x faster than a - a.T at n = 1000)."""
-    n = a.shape[0]
-    worst = 0.0
-    for i in range(0, n, tile):
-        for j in range(0, i + 1, tile):
-            d = float(np.abs(a[i : i + tile, j : j + tile] - a[j : j + tile, i : i + tile].T).max())
-            worst = max(worst, d)
-    return worst
+def _not_finite(name: str) -> str:
+    return (f"input {name}: contains NaN or infinity (pass check_finite=False to skip this "
+            "check)")
+
+
+def _thread_count(lib: Any) -> Any:
+    """A function returning the thread count of threadpoolctl's library controller ``lib``:
+    for OpenBLAS the C function threadpoolctl's ``get_num_threads`` calls (a tenth of the
+    time, without its Python layers), else that method."""
+    try:
+        if lib.internal_api == "openblas":
+            name = ("omp_get_max_threads" if lib.threading_layer == "openmp"
+                    else "openblas_get_num_threads")
+            fn = lib._get_symbol(name)  # with the library's symbol prefix/suffix
+            if fn is not None:
+                return fn
+    except Exception:  # noqa: BLE001 - another threadpoolctl: its public method
+        pass
+    return lib.get_num_threads
 
 
 def _describe(exc: BaseException) -> str:
@@ -252,11 +268,84 @@ class TunedFunction:
         self.shapes = {n: self.problem.shape_of(n, self.dims) for n in self.input_names}
         self._lock = threading.Lock()
         self._facts = {n: self.problem.declared(n) for n in self.input_names}
+        self._setup_call()
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={v}" for k, v in self.dims.items())
         return (f"<TunedFunction {self.problem.name}({', '.join(self.input_names)}) {sizes} "
                 f"{self.dtype} on {self.target.name}>")
+
+    # -- the call's checks: set up once ------------------------------------------------------
+    @property
+    def check_finite(self) -> bool:
+        """Whether calls check that inputs and outputs are finite (settable)."""
+        return self._check_finite
+
+    @check_finite.setter
+    def check_finite(self, value: bool) -> None:
+        self._check_finite = bool(value)
+        if "_input_checks" in self.__dict__:  # set after loading: decide the checks again
+            self._setup_call()
+
+    @property
+    def check_properties(self) -> bool:
+        """Whether calls check the properties the plan relies on (settable)."""
+        return self._check_properties
+
+    @check_properties.setter
+    def check_properties(self, value: bool) -> None:
+        self._check_properties = bool(value)
+        if "_input_checks" in self.__dict__:
+            self._setup_call()
+
+    def _setup_call(self) -> None:
+        """What each call checks, decided once (see :mod:`autotune.checks`), and the check
+        kernels compiled now (or loaded from Numba's cache) rather than on the first call.
+
+        Per matrix input: whether its symmetry is checked (the plan relies on it; the check
+        also proves every element finite), whether a triangle must be zero, and whether its
+        finiteness needs a pass of its own: only when some element of it reaches no output
+        through operations that keep a NaN or an infinity (:func:`~autotune.checks.
+        unguarded_inputs`) and the symmetry check does not already cover it. Every other NaN
+        or infinity shows in the outputs, which are checked after the call; the input is
+        named then (:meth:`_diagnose`)."""
+        from . import checks
+        from .properties import LOWER, SYMMETRIC, UPPER
+        from .targets import _controller, _preload_c_blas, thread_limit
+
+        self._checks = checks
+        self._thread_limit = thread_limit
+        self._controller = _controller
+        self._preload_c_blas = _preload_c_blas
+        self._blas_libs: tuple[int, list[Any]] = (-1, [])
+        self._eps = float(np.finfo(self.dtype).eps)
+        t = self.target
+        cpu = t.device == "cpu"
+        self._check_threads = max(1, min(int(t.threads), os.cpu_count() or 1)) if cpu else 1
+        # the thread limit: none off the CPU; skipped when already in force, unless the
+        # backend sets more than BLAS threads (pytorch)
+        self._limit = "none" if not cpu else ("full" if t.backend == "pytorch" else "fast")
+        self._c_blas = cpu and t.backend == "c"
+        matrices = [n for n in self.input_names if self.shapes[n]]
+        try:
+            unguarded = checks.unguarded_inputs(self.program, self.dims)
+        except Exception:  # noqa: BLE001 - cannot tell: scan every input
+            unguarded = set(matrices)
+        plan: dict[str, tuple[bool, bool, bool, bool]] = {}
+        for n in matrices:
+            facts = self._facts[n]
+            lower, upper = LOWER in facts, UPPER in facts
+            sym = SYMMETRIC in facts and not (lower and upper)  # diagonal: the zeros suffice
+            covered = self.check_properties and sym
+            scan = self.check_finite and n in unguarded and not covered
+            plan[n] = (sym, lower, upper, scan)
+        self._input_checks = plan
+        kinds = ["finite"]
+        if self.check_properties and any(p[0] for p in plan.values()):
+            kinds.append("symmetric")
+        if self.check_properties and any(p[1] or p[2] for p in plan.values()):
+            kinds.append("triangular")
+        checks.warm(self.dtype, kinds)
 
     # -- argument checks ------------------------------------------------------------------
     def _bind(self, args: tuple, kwargs: dict) -> list[Any]:
@@ -275,7 +364,17 @@ class TunedFunction:
         if missing:
             raise InputError(f"{self.problem.name}: missing input(s) {', '.join(missing)}; "
                              f"expected {self._signature()}")
-        return [self._check(n, bound[n]) for n in self.input_names]
+        values: list[Any] = []
+        for n in self.input_names:
+            try:
+                values.append(self._check(n, bound[n]))
+            except InputError:
+                # the error the inputs' order makes first: a NaN in an earlier input, which
+                # only the outputs would have shown
+                if self.check_finite:
+                    self._raise_first_nonfinite(values)
+                raise
+        return values
 
     def _signature(self) -> str:
         return ", ".join(f"{n}{list(s) if s else ' (scalar)'}" for n, s in self.shapes.items())
@@ -300,32 +399,57 @@ class TunedFunction:
                 raise InputError(f"input {name}: dtype {arr.dtype} would lose precision in this "
                                  f"{self.dtype} plan; cast it explicitly")
             arr = arr.astype(self.dtype)
-        if self.check_finite and not np.isfinite(arr).all():
-            raise InputError(f"input {name}: contains NaN or infinity (pass check_finite=False "
-                             "to skip this check)")
+        if self._input_checks[name][3] and not self._checks.all_finite(arr, self._check_threads):
+            raise InputError(_not_finite(name))
         if self.check_properties:
             self._check_cheap_properties(name, arr)
         return arr
 
     def _check_cheap_properties(self, name: str, arr: np.ndarray) -> None:
-        """O(n^2) checks before the call; definiteness is diagnosed after (it costs n^3)."""
-        from .properties import LOWER, SYMMETRIC, UPPER
+        """One pass per property before the call, no temporaries (:mod:`autotune.checks`):
+        symmetry (NaN-aware: a NaN in the triangle the plan does not read is caught here),
+        zero triangles (a NaN there is not zero). Definiteness is diagnosed after the call,
+        from the factorization's own failure (:meth:`_diagnose`)."""
+        sym, lower, upper, _ = self._input_checks[name]
+        if not (sym or lower or upper):
+            return
+        checks = self._checks
+        if sym:
+            verdict = checks.symmetry(arr, self._eps, self._check_threads,
+                                      stop_at_nonfinite=self.check_finite)
+            if self.check_finite and not verdict.finite:
+                raise InputError(_not_finite(name))
+            if not verdict.symmetric:
+                raise InputError(f"input {name}: the plan relies on it being symmetric, but it "
+                                 "is not")
+        for flag, zero_upper, what in ((lower, True, "lower"), (upper, False, "upper")):
+            if flag and not checks.triangle_is_zero(arr, zero_upper, self._check_threads):
+                if self.check_finite and not checks.all_finite(arr):
+                    raise InputError(_not_finite(name))
+                raise InputError(f"input {name}: the plan relies on it being {what} triangular")
 
-        facts = self._facts[name]
-        scale = max(1.0, float(np.abs(arr).max()))
-        tol = 100 * np.finfo(self.dtype).eps * scale
-        if SYMMETRIC in facts and _asymmetry(arr) > tol * arr.shape[0]:
-            raise InputError(f"input {name}: the plan relies on it being symmetric, but it is "
-                             "not")
-        if LOWER in facts and np.abs(np.triu(arr, 1)).max(initial=0) > 0:
-            raise InputError(f"input {name}: the plan relies on it being lower triangular")
-        if UPPER in facts and np.abs(np.tril(arr, -1)).max(initial=0) > 0:
-            raise InputError(f"input {name}: the plan relies on it being upper triangular")
+    def _raise_first_nonfinite(self, values: Sequence[Any]) -> None:
+        """Raise the 'not finite' error of the first of ``values`` (inputs in declared order)
+        holding a NaN or an infinity; return if none does."""
+        for name, arr in zip(self.input_names, values, strict=False):
+            if self.shapes[name] and not self._checks.all_finite(arr, self._check_threads):
+                raise InputError(_not_finite(name))
 
-    def _diagnose(self, values: list[Any]) -> None:
-        """Non-finite outputs from finite inputs: find the input that breaks a property."""
+    def _diagnose(self, values: list[Any], cause: BaseException | None = None) -> None:
+        """The outputs are not finite (or the call raised ``cause``): name the input to blame.
+
+        First the first input holding a NaN or an infinity (inputs are not scanned before
+        the call: a non-finite value the plan reads shows in the outputs), then the first
+        input the plan relies on being positive definite whose Cholesky factorization fails,
+        else, for non-finite outputs, the generic message. With a ``cause`` and nothing to
+        blame it returns (the caller re-raises ``cause``)."""
         from .properties import PD
 
+        if self.check_finite:
+            try:
+                self._raise_first_nonfinite(values)
+            except InputError as exc:
+                raise exc from cause
         for name, arr in zip(self.input_names, values, strict=True):
             if PD in self._facts[name]:
                 try:
@@ -334,21 +458,59 @@ class TunedFunction:
                     raise InputError(
                         f"input {name}: the plan relies on it being positive definite, but it "
                         "is not (Cholesky failed)"
-                    ) from None
+                    ) from cause
+        if cause is not None:
+            return
         raise InputError(
             f"{self.problem.name}: the result is not finite although the inputs are; a matrix "
             "the plan inverts is singular or not positive definite for these inputs"
         )
 
-    # -- calling --------------------------------------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> Outputs:
-        from .targets import thread_limit
+    def _outputs_finite(self, out: Sequence[np.ndarray]) -> bool:
+        finite = self._checks.all_finite
+        return all(finite(o, self._check_threads) for o in out)
 
+    # -- calling --------------------------------------------------------------------------
+    def _limits_in_force(self) -> bool:
+        """Whether every loaded BLAS (threadpoolctl's ``user_api="blas"``) already runs with
+        the target's thread count: then :func:`~autotune.targets.thread_limit` would set
+        nothing and restore nothing. One C call per library; the libraries are those of the
+        controller ``thread_limit`` uses, looked up again whenever modules were imported
+        since (as that controller is rescanned then: they may have loaded another BLAS)."""
+        if self._c_blas:
+            self._preload_c_blas()  # as thread_limit does: the C backend's BLAS, loaded, seen
+        key, getters = self._blas_libs
+        if key != len(sys.modules):
+            ctl = self._controller()
+            getters = [_thread_count(lib) for lib in ctl.lib_controllers
+                       if lib.user_api == "blas"]
+            self._blas_libs = (len(sys.modules), getters)
+        threads = self.target.threads
+        return all(get() == threads for get in getters)
+
+    def _run(self, values: Sequence[Any]) -> Any:
+        """The compiled function under the target's thread limit. Setting and restoring the
+        limit (threadpoolctl) costs more than a small call; when every BLAS already runs
+        with the target's thread count there is nothing to set, and nothing is."""
+        if self._limit == "none":
+            return self._fn(*values)
+        if self._limit == "fast" and self._limits_in_force():
+            return self._fn(*values)
+        with self._thread_limit(self.target):
+            return self._fn(*values)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Outputs:
         values = self._bind(args, kwargs)
-        with self._lock, thread_limit(self.target):
-            out = self._fn(*values)
+        try:
+            with self._lock:
+                out = self._run(values)
+        except Exception as exc:
+            # e.g. a factorization that refuses a matrix: blame an input if one is to blame
+            if self.check_finite or self.check_properties:
+                self._diagnose(values, cause=exc)
+            raise
         out = [np.asarray(o) for o in out]
-        if self.check_finite and not all(np.isfinite(o).all() for o in out):
+        if self.check_finite and not self._outputs_finite(out):
             self._diagnose(values)
         return Outputs(self.output_names, out)
 

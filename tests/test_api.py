@@ -211,3 +211,41 @@ def test_fresh_process_loads_the_committed_example_plan():
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "(200, 200) True"
     _ = warnings
+
+
+def test_switching_the_checks_after_loading(plan_path, inst):
+    f = load_plan(plan_path)
+    args = {k: np.array(v) for k, v in inst.items()}
+    args["R"][0, -1] = np.nan  # a triangle that a Cholesky factorization of S does not read
+    f.check_properties = False  # no symmetry pass: R is scanned for NaN instead
+    with pytest.raises(InputError, match="input R: contains NaN"):
+        f(**args)
+    f.check_finite = False
+    f(**args)  # neither check: the caller asked for speed
+    f.check_properties = True
+    with pytest.raises(InputError, match="input R: the plan relies on it being symmetric"):
+        f(**args)
+
+
+def test_the_happy_path_scans_no_input(fn, inst, monkeypatch):
+    """No input is scanned for NaN before the call (the outputs are checked after it, and
+    inputs searched only when one is not finite); the symmetric inputs get one symmetry
+    pass, which proves them finite too."""
+    from autotune import checks
+
+    finite, symmetric = [], []
+    real_finite, real_symmetry = checks.all_finite, checks.symmetry
+
+    def counting_finite(a, threads=1):
+        finite.append(a.shape)
+        return real_finite(a, threads)
+
+    def counting_symmetry(a, *args, **kwargs):
+        symmetric.append(a.shape)
+        return real_symmetry(a, *args, **kwargs)
+
+    monkeypatch.setattr(checks, "all_finite", counting_finite)
+    monkeypatch.setattr(checks, "symmetry", counting_symmetry)
+    fn(**inst)
+    assert finite == [fn.problem.shape_of(o, fn.dims) for o in fn.output_names]
+    assert symmetric == [fn.shapes["Sigma"], fn.shapes["R"]]

@@ -1,0 +1,567 @@
+"""The checks of a tuned function's call, at (nearly) no cost: one pass, no temporaries.
+
+:class:`autotune.api.TunedFunction` no longer scans every input before a call. A NaN or an
+infinity that the computation reads reaches an output (IEEE arithmetic keeps it: ``nan * 0``
+is NaN, ``inf * 0`` is NaN, ``inf + x`` is infinite), so the call checks its *outputs* and
+only then, when one is not finite, looks for the input to blame. What this leaves to check
+before the call is what an output cannot show:
+
+* the parts of an input that the plan does not read: a symmetric input of which a
+  factorization or a rank-k update reads one triangle, the zero triangle of a triangular
+  input, and any input whose every element does not reach an output through operations that
+  keep a NaN or an infinity (see :func:`unguarded_inputs`: a matrix that is factorized or
+  inverted can turn an infinity into a finite number, ``1 / inf = 0``);
+* the properties the plan relies on: symmetry (the plan reads one triangle, or reuses a
+  product transposed) and the zero triangles.
+
+The kernels below do that in one pass over the array, without temporaries. They are Numba
+functions (``nogil``, cached on disk), compiled when a plan is loaded (:func:`warm`) rather
+than on the first call, and split over the plan's threads when the array is big
+(:data:`PARALLEL_MIN` elements).
+
+* :func:`all_finite`: ``sum(x * 0)`` is ``0`` exactly when every ``x`` is finite (a plain
+  sum of huge finite values could overflow; this one cannot);
+* :func:`symmetry`: the symmetry check of :class:`~autotune.api.TunedFunction`, ``max |a -
+  a.T| <= 100 eps n max(1, max |a|)`` with ``eps`` the plan's dtype's, decided in one pass
+  for the common case: the largest sum of squared differences over a micro-tile of ``4 x 1``
+  pairs (or an edge chunk of at most 32 pairs) bounds every difference, and ``max |a_ii|``
+  bounds ``max |a|`` from below, so ``sqrt(largest sum) <= 0.5 * 100 eps n max(1, max
+  |a_ii|)`` proves that the check passes (and that every element is finite). When the bound
+  proves nothing (a NaN, an infinity, an asymmetric matrix, or a symmetric one whose largest
+  element lies off the diagonal and whose triangles differ by more than the bound), an exact
+  pass decides, NaN-aware: a pair with a NaN on one side differs. Big arrays are read tile
+  by tile (:data:`TILED_MIN`);
+* :func:`triangle_is_zero`: ``sum |x|`` over the strict triangle is ``0`` exactly when every
+  element there is ``0`` (a NaN makes it NaN).
+
+Fortran-ordered arrays are checked through their (C-ordered) transpose; other strided
+views are read in place (Numba's strided loops), never copied.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "PARALLEL_MIN",
+    "Symmetry",
+    "all_finite",
+    "symmetry",
+    "triangle_is_zero",
+    "unguarded_inputs",
+    "warm",
+]
+
+#: Sums may be reordered (vectorized), but NaN and infinity keep their meaning: no ``nnan``,
+#: ``ninf`` or ``nsz``, which would let LLVM fold ``x * 0`` to ``0``.
+_FASTMATH = {"reassoc", "contract"}
+_MR = 4  # rows of a micro-tile of the symmetry pass (4 x 1 was the fastest of 16 shapes)
+_MC = 1  # columns of a micro-tile
+_CHUNK = 32  # pairs of one sum in the scalar edges of the symmetry pass
+_TILE = 32  # tiles of the symmetry pass for big arrays (a multiple of _MR, at most _CHUNK)
+#: From this order on, the symmetry pass goes tile by tile (:func:`_sym_pass_tiled`).
+TILED_MIN = 2048
+#: Arrays of at least this many elements are checked by the plan's threads together (below
+#: it, handing work to a thread costs more than it saves).
+PARALLEL_MIN = 1 << 18
+
+
+# -- kernels ----------------------------------------------------------------------------------
+
+
+# Loops index views from 0: Numba then knows the index is not negative (no wrap-around
+# test), and LLVM vectorizes the sums (4x faster than ``range(start, stop)``).
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _finite_flat(a, start, stop, zero):  # pragma: no cover - compiled
+    """``sum(a[start:stop] * 0)`` for a 1-d array: 0 exactly when all are finite."""
+    acc = zero
+    b = a[start:stop]
+    for i in range(b.shape[0]):
+        acc += b[i] * zero
+    return acc
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _finite_rows(a, r0, r1, zero):  # pragma: no cover - compiled
+    """``sum(a[r0:r1] * 0)`` for a 2-d array of any layout."""
+    acc = zero
+    b = a[r0:r1]
+    for i in range(b.shape[0]):
+        row = b[i]
+        for j in range(row.shape[0]):
+            acc += row[j] * zero
+    return acc
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _sym_pass(a, r0, r1, zero):  # pragma: no cover - compiled
+    """Over the pairs ``(i, j < i)`` of rows ``r0 .. r1`` of a square array: ``(largest sum of
+    (a_ij - a_ji)^2 over one micro-tile or edge chunk, total sum, largest finite |a_ii|,
+    sum(a_ii * 0))``.
+
+    Every squared difference is at most the largest sum; the total is finite exactly when
+    every pair is (an infinity or a NaN on either side makes the difference so)."""
+    tmax = zero
+    total = zero
+    i0 = r0
+    while i0 + _MR <= r1:
+        nc = i0 - i0 % _MC
+        for j0 in range(0, nc, _MC):
+            t = zero
+            for r in range(_MR):
+                for c in range(_MC):
+                    d = a[i0 + r, j0 + c] - a[j0 + c, i0 + r]
+                    t += d * d
+            total += t
+            if t > tmax:
+                tmax = t
+        for r in range(_MR):  # the columns left of the micro-tiles and the band's triangle
+            i = i0 + r
+            t = zero
+            for j in range(nc, i):
+                d = a[i, j] - a[j, i]
+                t += d * d
+            total += t
+            if t > tmax:
+                tmax = t
+        i0 += _MR
+    for i in range(i0, r1):  # rows left over
+        for j0 in range(0, i, _CHUNK):
+            t = zero
+            for j in range(j0, min(j0 + _CHUNK, i)):
+                d = a[i, j] - a[j, i]
+                t += d * d
+            total += t
+            if t > tmax:
+                tmax = t
+    dmax = 0.0  # the diagonal of rows r0 .. r1: largest finite |a_ii|, sum(a_ii * 0)
+    dacc = zero
+    for i in range(r0, r1):
+        x = a[i, i]
+        dacc += x * zero
+        ax = abs(np.float64(x))
+        if ax > dmax and ax < np.inf:
+            dmax = ax
+    return tmax, total, dmax, dacc
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _sym_pass_tiled(a, r0, r1, zero):  # pragma: no cover - compiled
+    """:func:`_sym_pass` tile by tile (``_TILE`` x ``_TILE`` blocks of pairs): the rows a
+    tile reads stay in the TLB, which matters once a row is pages long (n in the
+    thousands); ``r0`` is a multiple of ``_TILE``."""
+    tmax = zero
+    total = zero
+    for bi in range(r0, r1, _TILE):
+        ie = min(bi + _TILE, r1)
+        for bj in range(0, bi, _TILE):
+            je = min(bj + _TILE, bi)
+            i0 = bi
+            while i0 + _MR <= ie:
+                j0 = bj
+                while j0 + _MC <= je:
+                    t = zero
+                    for r in range(_MR):
+                        for c in range(_MC):
+                            d = a[i0 + r, j0 + c] - a[j0 + c, i0 + r]
+                            t += d * d
+                    total += t
+                    if t > tmax:
+                        tmax = t
+                    j0 += _MC
+                if j0 < je:
+                    for r in range(_MR):
+                        t = zero
+                        for j in range(j0, je):
+                            d = a[i0 + r, j] - a[j, i0 + r]
+                            t += d * d
+                        total += t
+                        if t > tmax:
+                            tmax = t
+                i0 += _MR
+            for i in range(i0, ie):  # at most _TILE pairs a row
+                t = zero
+                for j in range(bj, je):
+                    d = a[i, j] - a[j, i]
+                    t += d * d
+                total += t
+                if t > tmax:
+                    tmax = t
+        for i in range(bi, ie):  # the tile on the diagonal
+            t = zero
+            for j in range(bi, i):
+                d = a[i, j] - a[j, i]
+                t += d * d
+            total += t
+            if t > tmax:
+                tmax = t
+    dmax = 0.0  # the diagonal of rows r0 .. r1: largest finite |a_ii|, sum(a_ii * 0)
+    dacc = zero
+    for i in range(r0, r1):
+        x = a[i, i]
+        dacc += x * zero
+        ax = abs(np.float64(x))
+        if ax > dmax and ax < np.inf:
+            dmax = ax
+    return tmax, total, dmax, dacc
+
+
+@njit(cache=True, nogil=True)
+def _sym_exact(a, stop_at_nonfinite):  # pragma: no cover - compiled
+    """The exact symmetry pass: ``(max |a_ij - a_ji| over finite pairs, max |a_ij| over finite
+    elements, any element not finite, some pair differs through a NaN or an infinity)``.
+
+    A pair with a non-finite side agrees only when both sides are equal (``inf, inf``) or both
+    NaN. With ``stop_at_nonfinite`` it returns at the first non-finite element."""
+    n = a.shape[0]
+    maxdiff = 0.0
+    maxabs = 0.0
+    nonfinite = False
+    onesided = False
+    for i in range(n):
+        x = np.float64(a[i, i])
+        if math.isfinite(x):
+            if abs(x) > maxabs:
+                maxabs = abs(x)
+        else:
+            nonfinite = True
+            if stop_at_nonfinite:
+                return maxdiff, maxabs, nonfinite, onesided
+    tile = 64
+    for bi in range(0, n, tile):
+        for bj in range(0, bi + 1, tile):
+            for i in range(bi, min(bi + tile, n)):
+                for j in range(bj, min(bj + tile, i)):
+                    x = np.float64(a[i, j])
+                    y = np.float64(a[j, i])
+                    fx = math.isfinite(x)
+                    fy = math.isfinite(y)
+                    if fx:
+                        if abs(x) > maxabs:
+                            maxabs = abs(x)
+                    if fy:
+                        if abs(y) > maxabs:
+                            maxabs = abs(y)
+                    if fx and fy:
+                        d = abs(x - y)
+                        if not (d <= maxdiff):
+                            maxdiff = d
+                    else:
+                        nonfinite = True
+                        if stop_at_nonfinite:
+                            return maxdiff, maxabs, nonfinite, onesided
+                        if not (x == y or (x != x and y != y)):
+                            onesided = True
+    return maxdiff, maxabs, nonfinite, onesided
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _strict_triangle_abs(a, upper, r0, r1, zero):  # pragma: no cover - compiled
+    """``sum |a_ij|`` over the strict upper (``j > i``) or lower (``j < i``) triangle, rows
+    ``r0 .. r1``: 0 exactly when every element there is 0."""
+    acc = zero
+    n = a.shape[1]
+    for i in range(r0, r1):
+        seg = a[i, i + 1 : n] if upper else a[i, 0 : min(i, n)]
+        for j in range(seg.shape[0]):
+            acc += abs(seg[j])
+    return acc
+
+
+# -- threads ----------------------------------------------------------------------------------
+
+_POOL_LOCK = threading.Lock()
+_POOL: dict[str, Any] = {"executor": None, "pid": None}
+
+
+def _executor() -> ThreadPoolExecutor:
+    """A process-wide pool of worker threads (made again in a forked child, whose copy of the
+    parent's pool has no threads)."""
+    pid = os.getpid()
+    ex = _POOL["executor"]
+    if ex is None or _POOL["pid"] != pid:
+        with _POOL_LOCK:
+            if _POOL["executor"] is None or _POOL["pid"] != pid:
+                workers = max(1, min(15, (os.cpu_count() or 2) - 1))
+                _POOL["executor"] = ThreadPoolExecutor(workers, "autotune-checks")
+                _POOL["pid"] = pid
+            ex = _POOL["executor"]
+    return ex
+
+
+def _run(kernel: Callable[..., Any], parts: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """``kernel(*args)`` for every part: the first in this thread, the others in the pool."""
+    if len(parts) == 1:
+        return [kernel(*parts[0])]
+    try:
+        ex = _executor()
+        futures = [ex.submit(kernel, *args) for args in parts[1:]]
+    except RuntimeError:  # the interpreter is shutting down: no new threads
+        return [kernel(*args) for args in parts]
+    first = kernel(*parts[0])
+    return [first] + [f.result() for f in futures]
+
+
+def _bounds(n: int, parts: int, weight: str, align: int = 1) -> list[tuple[int, int]]:
+    """Row ranges of about equal work: ``weight`` ``"flat"`` (every row alike), ``"lower"``
+    (row ``i`` holds ``i`` pairs) or ``"upper"`` (``n - i``)."""
+    parts = max(1, min(parts, n // max(align, 1) or 1))
+    cuts = [0]
+    for k in range(1, parts):
+        f = k / parts
+        if weight == "lower":
+            x = n * math.sqrt(f)
+        elif weight == "upper":
+            x = n * (1.0 - math.sqrt(1.0 - f))
+        else:
+            x = n * f
+        c = int(round(x / align)) * align
+        if cuts[-1] < c < n:
+            cuts.append(c)
+    cuts.append(n)
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def _parts(size: int, threads: int) -> int:
+    return threads if threads > 1 and size >= PARALLEL_MIN else 1
+
+
+# -- checks -----------------------------------------------------------------------------------
+
+
+def _c_view(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(a, False)`` or, for a Fortran-ordered ``a``, ``(a.T, True)`` (C-ordered, no copy)."""
+    if not a.flags.c_contiguous and a.flags.f_contiguous:
+        return a.T, True
+    return a, False
+
+
+def all_finite(a: np.ndarray, threads: int = 1) -> bool:
+    """Whether every element of ``a`` (a float32/float64 array) is finite: one pass, no
+    temporary; split over ``threads`` threads when ``a`` is big."""
+    if a.ndim == 0:
+        return math.isfinite(float(a))
+    zero = a.dtype.type(0)
+    c = a.flags.c_contiguous
+    if c or a.flags.f_contiguous:
+        flat = a.reshape(-1) if c else a.T.reshape(-1)  # a view: the elements in memory order
+        n = flat.shape[0]
+        if threads == 1 or n < PARALLEL_MIN:
+            return _finite_flat(flat, 0, n, zero) == 0
+        parts = [(flat, s, e, zero) for s, e in _bounds(n, threads, "flat")]
+        return all(acc == 0 for acc in _run(_finite_flat, parts))
+    if a.ndim == 2:
+        a, _ = _c_view(a)
+        parts = [(a, s, e, zero) for s, e in _bounds(a.shape[0], _parts(a.size, threads), "flat")]
+        return all(acc == 0 for acc in _run(_finite_rows, parts))
+    return bool(np.isfinite(a).all())  # pragma: no cover - inputs and outputs are 2-d
+
+
+class Symmetry(NamedTuple):
+    """The verdict of :func:`symmetry`."""
+
+    finite: bool  #: every element is finite
+    symmetric: bool  #: the two triangles agree within the tolerance (NaN-aware)
+    exact_pass: bool  #: the exact (slower) pass decided
+
+
+_SYMMETRIC = Symmetry(True, True, False)
+
+
+def symmetry(a: np.ndarray, eps: float, threads: int = 1,
+             stop_at_nonfinite: bool = False) -> Symmetry:
+    """Whether the square array ``a`` is finite and symmetric: ``max |a - a.T| <= 100 eps n
+    max(1, max |a|)`` (the rule of :class:`~autotune.api.TunedFunction` since its first
+    version), with a pair that differs through a NaN (NaN against a number) counted as
+    asymmetric. One pass when the bound proves the answer, else an exact pass.
+
+    With ``stop_at_nonfinite`` the exact pass returns at the first non-finite element, and
+    ``symmetric`` is then meaningless (the caller reports the non-finite value)."""
+    n = a.shape[0]
+    if n == 0:
+        return _SYMMETRIC
+    a, _ = _c_view(a)  # symmetry is the same for a.T
+    zero = a.dtype.type(0)
+    kernel = _sym_pass_tiled if n >= TILED_MIN else _sym_pass
+    if threads == 1 or a.size < PARALLEL_MIN:
+        tmax, total, diag_max, diag_acc = kernel(a, 0, n, zero)
+    else:
+        tmax = total = diag_acc = zero
+        diag_max = 0.0
+        parts = [(a, s, e, zero) for s, e in _bounds(n, threads, "lower", _TILE)]
+        for t, s, dm, da in _run(kernel, parts):
+            tmax = max(tmax, t)
+            total += s
+            diag_max = max(diag_max, dm)
+            diag_acc += da
+    if math.isfinite(total) and diag_acc == 0:
+        bound = 50.0 * eps * n * max(1.0, diag_max)  # half the tolerance's lower bound
+        if tmax <= bound * bound:
+            return _SYMMETRIC
+    maxdiff, maxabs, nonfinite, onesided = _sym_exact(a, stop_at_nonfinite)
+    tol = 100.0 * eps * max(1.0, maxabs) * n
+    return Symmetry(not nonfinite, not onesided and maxdiff <= tol, True)
+
+
+def triangle_is_zero(a: np.ndarray, upper: bool, threads: int = 1) -> bool:
+    """Whether every element of the strict upper (``upper``) or lower triangle of the square
+    array ``a`` is exactly zero (a NaN there is not)."""
+    n = a.shape[0]
+    if n == 0:
+        return True
+    a, transposed = _c_view(a)
+    if transposed:  # the upper triangle of a is the lower one of a.T
+        upper = not upper
+    zero = a.dtype.type(0)
+    bounds = _bounds(n, _parts(a.size // 2, threads), "upper" if upper else "lower")
+    parts = [(a, upper, s, e, zero) for s, e in bounds]
+    return all(acc == 0 for acc in _run(_strict_triangle_abs, parts))
+
+
+# -- warming ----------------------------------------------------------------------------------
+
+_WARM_LOCK = threading.Lock()
+_WARMED: set[tuple[str, str]] = set()
+
+
+def warm(dtype: str | np.dtype, kinds: Iterable[str] = ("finite", "symmetric", "triangular"),
+         ) -> None:
+    """Compile (or load from Numba's disk cache) the kernels of ``kinds`` for ``dtype``, for
+    C-ordered, strided and read-only C-ordered arrays (NumPy views of JAX arrays, read-only
+    memory maps), so that no call pays a JIT compile."""
+    dt = np.dtype(dtype)
+    todo = [k for k in kinds if (dt.name, k) not in _WARMED]
+    if not todo:
+        return
+    with _WARM_LOCK:
+        base = np.eye(8, dtype=dt)
+        strided = base[::2, ::2]  # neither C nor F: Numba's "A" layout
+        frozen = base.copy()
+        frozen.flags.writeable = False
+        zero = dt.type(0)
+        for kind in todo:
+            if (dt.name, kind) in _WARMED:
+                continue
+            for arr in (base, strided, frozen):
+                n = arr.shape[0]
+                if kind == "finite":
+                    all_finite(arr)
+                elif kind == "symmetric":
+                    _sym_pass(arr, 0, n, zero)
+                    _sym_pass_tiled(arr, 0, n, zero)
+                    _sym_exact(arr, False)
+                elif kind == "triangular":
+                    _strict_triangle_abs(arr, True, 0, n, zero)
+            _WARMED.add((dt.name, kind))
+
+
+# -- which inputs an output cannot vouch for --------------------------------------------------
+
+#: For each op, the argument positions through which a NaN or an infinity anywhere in the
+#: argument reaches the result (a product row or column, a sum's element, a solve's
+#: right-hand side). Not listed: a matrix that is factorized, inverted or solved with (a
+#: pivot of infinity turns into 0), and the ``c`` of ``syrk``/``symprod`` (one triangle
+#: read). Unknown ops pass nothing.
+_PROPAGATING: dict[str, tuple[int, ...] | None] = {
+    "matmul": None,  # None: every argument
+    "add": None,
+    "sub": None,
+    "neg": None,
+    "block": None,
+    "transpose": None,
+    "scale": (0,),  # the scalars are checked exactly
+    "syrk": (0,),
+    "symprod": (0, 1),
+    "trsolve": (1,),
+    "cho_solve": (1,),
+    "solve": (1,),
+    "diag_solve": (1,),
+}
+
+
+def _covers(rects: list[tuple[int, int, int, int]], rows: int, cols: int) -> bool:
+    """Whether the rectangles ``(r0, r1, c0, c1)`` cover ``[0, rows) x [0, cols)``."""
+    if rows == 0 or cols == 0:
+        return True
+    rs = sorted({0, rows, *(r for q in rects for r in q[:2] if 0 <= r <= rows)})
+    cs = sorted({0, cols, *(c for q in rects for c in q[2:] if 0 <= c <= cols)})
+    for r0, r1 in zip(rs[:-1], rs[1:], strict=True):
+        for c0, c1 in zip(cs[:-1], cs[1:], strict=True):
+            if not any(q[0] <= r0 and r1 <= q[1] and q[2] <= c0 and c1 <= q[3] for q in rects):
+                return False
+    return True
+
+
+def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
+    """Inputs of ``program`` (a :class:`~autotune.program.Program`) some element of which may
+    be NaN or infinite while every output is finite: the elements that reach no output
+    through the operations of :data:`_PROPAGATING` (an input the program does not read at
+    all, the part of a symmetric input only one triangle of which is read, a matrix only
+    factorized or inverted). The call checks these inputs itself (their properties' checks
+    may already do so).
+
+    The analysis is at the level of blocks: a slice of an input is a region of it; a slice
+    of a computed value passes nothing (conservative)."""
+    env = program.concrete_sizes(dims)
+    steps = program.steps
+    live = program.live_steps()
+    consumers: dict[int, list[tuple[int, int]]] = {}
+    for i in live:
+        for pos, j in enumerate(steps[i].args):
+            consumers.setdefault(j, []).append((i, pos))
+    by_step = {idx: name for name, idx in program.inputs.items()}
+    # views: step -> (input name, rows, cols, transposed) in the input's coordinates
+    views: dict[int, tuple[str, int, int, int, int, bool]] = {}
+    for i in live:
+        s = steps[i]
+        if s.op == "input" and i in by_step:
+            r, c = program.shape(i, env)
+            views[i] = (by_step[i], 0, r, 0, c, False)
+        elif s.op == "transpose" and s.args[0] in views:
+            name, r0, r1, c0, c1, t = views[s.args[0]]
+            views[i] = (name, r0, r1, c0, c1, not t)
+        elif s.op == "slice" and s.args[0] in views:
+            from .formula import eval_dim
+
+            name, r0, r1, c0, c1, t = views[s.args[0]]
+            (a0, a1), (b0, b1) = s.attr("rows"), s.attr("cols")
+            a0, a1, b0, b1 = (eval_dim(x, env) for x in (a0, a1, b0, b1))
+            if t:  # the view's rows are the input's columns
+                views[i] = (name, r0 + b0, r0 + b1, c0 + a0, c0 + a1, t)
+            else:
+                views[i] = (name, r0 + a0, r0 + a1, c0 + b0, c0 + b1, t)
+    outputs = set(program.outputs.values())
+    reach: dict[int, bool] = {}
+    for i in reversed(live):
+        ok = i in outputs
+        for c, pos in consumers.get(i, ()):
+            if ok:
+                break
+            if steps[c].op == "slice":
+                continue  # a region of i: counted for views below, else conservative
+            allowed = _PROPAGATING.get(steps[c].op, ())
+            if (allowed is None or pos in allowed) and reach.get(c, False):
+                ok = True
+        reach[i] = ok
+    regions: dict[str, list[tuple[int, int, int, int]]] = {}
+    for i, (name, r0, r1, c0, c1, _) in views.items():
+        if reach.get(i, False):
+            regions.setdefault(name, []).append((r0, r1, c0, c1))
+    unguarded = set()
+    for name, idx in program.inputs.items():
+        r, c = program.shape(idx, env)
+        if r * c == 0:
+            continue
+        if not _covers(regions.get(name, []), r, c):
+            unguarded.add(name)
+    return unguarded

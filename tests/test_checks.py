@@ -1,0 +1,659 @@
+"""The call checks of tuned functions (autotune/checks.py and TunedFunction's call path):
+the one-pass kernels against brute-force NumPy, no O(n^2) temporaries, and every diagnostic
+of a call still naming the input although inputs are no longer scanned before the call."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import threading
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autotune import InputError, checks, load_plan
+from autotune.instances import random_instance
+from autotune.plan import _digest
+from autotune.reference import evaluate_reference, relative_error
+from autotune.space import named_point
+from autotune.spec import load_problem, parse_problem, problem_names
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "results" / "example-plan-kalman-n200.json"
+EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps)}
+
+TRIANGULAR = """
+[problem]
+name = "trisolve"
+[dims]
+n = 9
+[inputs]
+L = { shape = ["n", "n"], properties = ["lower_triangular"] }
+U = { shape = ["n", "n"], properties = ["upper_triangular"] }
+b = { shape = ["n", 1] }
+[outputs]
+x = "inv(L)*b + U*b"
+"""
+
+
+# -- plans without tuning: a committed plan's fields around other knobs ----------------------
+
+
+def make_plan(folder: Path, source: str, origin: str, overrides: dict[str, int],
+              knobs: str | dict, dtype: str = "float64", name: str = "plan") -> Path:
+    """A valid plan file for ``source`` at ``overrides`` with a named point's knobs (or the
+    given ones), on numba-t1; the measurement fields are the template's (never read)."""
+    problem = parse_problem(source, origin=origin)
+    dims = problem.resolve_dims(overrides)
+    if isinstance(knobs, str):
+        knobs = named_point(problem, knobs, dims)
+    d = json.loads(TEMPLATE.read_text())
+    d["problem"] = {"name": problem.name, "source": source, "origin": origin,
+                    "inputs": list(problem.inputs), "outputs": list(problem.outputs),
+                    "sha256": hashlib.sha256(source.encode()).hexdigest()}
+    d["dims"] = dict(dims)
+    d["params"] = dict(knobs)
+    d["dtype"] = dtype
+    d["target"] = {"backend": "numba", "device": "cpu", "name": "numba-t1", "threads": 1}
+    d["environment"] = {"heap": "system"}  # leave this process's heap alone
+    d["digest"] = _digest(d)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
+def shipped(folder: Path, problem: str, overrides: dict[str, int],
+            knobs: str | dict = "flop-optimal", dtype: str = "float64", **kw):
+    src = (REPO / "search_spaces" / f"{problem}.toml").read_text()
+    path = make_plan(folder, src, f"search_spaces/{problem}.toml", overrides, knobs, dtype,
+                     name=f"{problem}-{dtype}-{abs(hash(json.dumps(knobs, sort_keys=True)))}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_plan(path, **kw)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("check-plans")
+
+
+@pytest.fixture(scope="module", params=["float64", "float32"])
+def kalman_fn(request, folder):
+    return shipped(folder, "kalman", {"n": 12}, dtype=request.param)
+
+
+def _instance(fn, seed: int = 5) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in random_instance(fn.problem, fn.dims, seed=seed,
+                                                        dtype=fn.dtype).items()}
+
+
+# -- kernels against brute force ---------------------------------------------------------------
+
+
+def _layout(a: np.ndarray, how: str) -> np.ndarray:
+    """The same values as ``a`` in another memory layout."""
+    if how == "C":
+        return np.ascontiguousarray(a)
+    if how == "F":
+        return np.asfortranarray(a)
+    if how == "strided":  # a view into a bigger array: neither C nor F contiguous
+        big = np.zeros((a.shape[0] + 3, 2 * a.shape[1] + 1), dtype=a.dtype)
+        big[1 : a.shape[0] + 1, 1 : 2 * a.shape[1] + 1 : 2] = a
+        return big[1 : a.shape[0] + 1, 1 : 2 * a.shape[1] + 1 : 2]
+    if how == "offset":  # rows of a wider array: row-strided, inner contiguous
+        big = np.zeros((a.shape[0], a.shape[1] + 5), dtype=a.dtype)
+        big[:, 2 : a.shape[1] + 2] = a
+        return big[:, 2 : a.shape[1] + 2]
+    raise ValueError(how)
+
+
+def _brute_symmetry(a: np.ndarray, eps: float) -> tuple[bool, bool]:
+    """(finite, symmetric) by the rule of checks.symmetry, in plain NumPy."""
+    a = np.asarray(a, dtype=np.float64)
+    fin = np.isfinite(a)
+    n = a.shape[0]
+    finite = bool(fin.all())
+    maxabs = float(np.abs(np.where(fin, a, 0)).max(initial=0))
+    both = fin & fin.T
+    diff = np.abs(np.where(both, a - np.where(both, a.T, 0), 0))
+    maxdiff = float(diff.max(initial=0))
+    at = a.T
+    agree = (a == at) | (np.isnan(a) & np.isnan(at))
+    onesided = bool((~both & ~agree).any())
+    return finite, (not onesided) and maxdiff <= 100 * eps * max(1.0, maxabs) * n
+
+
+LAYOUTS = st.sampled_from(["C", "F", "strided", "offset"])
+DTYPES = st.sampled_from(["float64", "float32"])
+SPECIALS = st.sampled_from([np.nan, np.inf, -np.inf])
+
+
+@st.composite
+def square(draw, max_n: int = 41):
+    n = draw(st.integers(1, max_n))
+    dtype = draw(DTYPES)
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, n))
+    kind = draw(st.sampled_from(["symmetric", "asymmetric", "near", "offdiag-big", "tiny"]))
+    if kind != "asymmetric":
+        a = a + a.T
+    eps = EPS[dtype]
+    if kind == "near":  # one pair off by a multiple of the tolerance
+        i, j = draw(st.integers(0, n - 1)), draw(st.integers(0, n - 1))
+        factor = draw(st.sampled_from([0.25, 0.9, 1.1, 4.0]))
+        a = a.astype(dtype).astype(np.float64)
+        scale = max(1.0, float(np.abs(a).max()))
+        a[i, j] += factor * 100 * eps * scale * n
+    if kind == "offdiag-big":  # the largest element off the diagonal, the two triangles
+        a[0, n - 1] = a[n - 1, 0] = 1e6  # differing by rounding only: the exact pass decides
+        a = a + np.triu(np.full((n, n), 3 * eps), 1)
+    if kind == "tiny":
+        a = a * 1e-30
+    a = a.astype(dtype)
+    for _ in range(draw(st.integers(0, 2))):
+        i, j = draw(st.integers(0, n - 1)), draw(st.integers(0, n - 1))
+        a[i, j] = draw(SPECIALS)
+        if draw(st.booleans()):
+            a[j, i] = a[i, j]
+    return _layout(a, draw(LAYOUTS))
+
+
+@contextlib.contextmanager
+def tiled(on: bool):
+    """The tile-by-tile symmetry pass (big arrays) for arrays of any size."""
+    saved = checks.TILED_MIN
+    checks.TILED_MIN = 1 if on else saved
+    try:
+        yield
+    finally:
+        checks.TILED_MIN = saved
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(a=square(max_n=75), by_tiles=st.booleans())
+def test_symmetry_matches_brute_force(a, by_tiles):
+    eps = EPS[a.dtype.name]
+    finite, symmetric = _brute_symmetry(a, eps)
+    with tiled(by_tiles):
+        verdict = checks.symmetry(a, eps)
+        stopped = checks.symmetry(a, eps, stop_at_nonfinite=True)
+    assert verdict.finite == finite
+    assert verdict.symmetric == symmetric
+    assert stopped.finite == finite
+    if finite:
+        assert stopped.symmetric == symmetric
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=square(), how=LAYOUTS)
+def test_all_finite_and_triangles_match_numpy(a, how):
+    assert checks.all_finite(a) == bool(np.isfinite(a).all())
+    for upper, part in ((True, np.triu), (False, np.tril)):
+        k = 1 if upper else -1
+        assert checks.triangle_is_zero(a, upper) == bool((part(a, k) == 0).all())
+        lower_only = _layout(np.tril(np.asarray(a)) if upper else np.triu(np.asarray(a)), how)
+        assert checks.triangle_is_zero(lower_only, upper)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_common_inputs_take_one_pass(dtype):
+    """Exactly symmetric matrices, and positive definite ones whose triangles differ by
+    rounding (a covariance updated by GEMMs), are decided by the one-pass bound; one pair off
+    by a bit more than the tolerance is caught, a bit less passes (the exact pass)."""
+    n = 97
+    rng = np.random.default_rng(4)
+    g = rng.standard_normal((n, n))
+    spd = (g @ g.T + n * np.eye(n)).astype(dtype)
+    eps = EPS[dtype]
+    assert checks.symmetry(spd, eps) == (True, True, False)
+    h = rng.standard_normal((5, n)).astype(dtype)  # a Kalman update: symmetric in theory
+    gain = spd @ h.T @ np.linalg.inv(h @ spd @ h.T + np.eye(5, dtype=dtype))
+    updated = spd - gain @ (h @ spd)
+    assert not np.array_equal(updated, updated.T)
+    assert checks.symmetry(updated, eps) == (True, True, False)
+    tol = 100 * eps * float(np.abs(spd).max()) * n
+    for factor, symmetric in ((0.9, True), (1.1, False)):
+        a = spd.astype(np.float64)
+        a[7, 3] += factor * tol
+        a = a.astype(dtype)
+        assert checks.symmetry(a, eps) == (True, symmetric, True)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_split_over_threads_agrees(dtype):
+    """Arrays of PARALLEL_MIN elements and more are checked by several threads: the same
+    verdicts, wherever the fault lies."""
+    n = 601
+    assert n * n >= checks.PARALLEL_MIN
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((n, n))
+    base = (base + base.T).astype(dtype)
+    eps = EPS[dtype]
+    assert checks.symmetry(base, eps, threads=2) == (True, True, False)
+    assert checks.all_finite(base, threads=3)
+    for i, j in ((0, 1), (n - 1, 0), (300, 299), (n - 1, n - 2), (0, n - 1)):
+        for value in (np.nan, np.inf, base[i, j] + 1):
+            a = base.copy()
+            a[i, j] = value
+            expect = checks.symmetry(a, eps, threads=1)
+            assert checks.symmetry(a, eps, threads=2) == expect
+            with tiled(True):
+                assert checks.symmetry(a, eps, threads=2) == expect
+                assert checks.symmetry(a, eps, threads=1) == expect
+            assert checks.all_finite(a, threads=2) == bool(np.isfinite(a).all())
+            lower = np.tril(a)
+            lower[min(i, j), max(i, j)] = value
+            expect = bool((np.triu(lower, 1) == 0).all())
+            assert checks.triangle_is_zero(lower, True, threads=2) == expect
+
+
+def test_the_happy_path_allocates_no_quadratic_temporary():
+    """A 1000 x 1000 float64 input is 8 MB: the checks allocate a few hundred bytes."""
+    n = 1000
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((n, n))
+    a = a + a.T
+    lower = np.tril(a)
+    eps = EPS["float64"]
+    for threads in (1, 2):  # warm (threads, futures)
+        checks.symmetry(a, eps, threads)
+        checks.all_finite(a, threads)
+        checks.triangle_is_zero(lower, True, threads)
+    for threads in (1, 2):
+        for view in (a, a.T, a[:, :]):
+            tracemalloc.start()
+            assert checks.symmetry(view, eps, threads).symmetric
+            assert checks.all_finite(view, threads)
+            assert checks.triangle_is_zero(lower, True, threads)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak < 64_000, peak
+    # the Numba kernels themselves never allocate: NumPy's allocations are traced above,
+    # Numba's are not, so read the compiled code (of an uncached copy: Numba cannot show
+    # the code it loaded from its cache)
+    from numba import njit
+
+    for kernel, args in (
+        (checks._finite_flat, (a.reshape(-1), 0, 10, 0.0)),
+        (checks._finite_rows, (a, 0, 10, 0.0)),
+        (checks._sym_pass, (a, 0, 16, 0.0)),
+        (checks._sym_pass_tiled, (a, 0, 64, 0.0)),
+        (checks._strict_triangle_abs, (a, True, 0, 10, 0.0)),
+        (checks._sym_exact, (a, False)),
+    ):
+        copy = njit(nogil=True, fastmath=kernel.targetoptions.get("fastmath", False))(
+            kernel.py_func)
+        copy(*args)
+        for ir in copy.inspect_llvm().values():
+            assert "NRT_MemInfo_alloc" not in ir, kernel
+
+
+def test_a_call_allocates_no_quadratic_temporary():
+    """The whole call path of the committed example plan (n = 200: an n^2 float64 array is
+    320 kB) around the compiled function: binding, checks before and after."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn = load_plan(TEMPLATE)
+    x = random_instance(fn.problem, fn.dims, seed=1)
+    out = fn(**x)
+    values = fn._bind((), x)
+    tracemalloc.start()
+    values = fn._bind((), x)
+    assert fn._outputs_finite(list(out))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 32_000, peak
+    assert all(v is x[n] for v, n in zip(values, fn.input_names, strict=True))
+
+
+def test_kernels_are_compiled_when_a_plan_is_loaded(kalman_fn):
+    """load_plan compiled every kernel a call of this plan needs, for C-ordered, Fortran-
+    ordered, strided and read-only arrays: checking a call's inputs and outputs compiles
+    nothing."""
+    kernels = (checks._finite_flat, checks._finite_rows, checks._sym_pass,
+               checks._sym_pass_tiled, checks._sym_exact)
+    counts = {k: len(k.signatures) for k in kernels}
+    x = _instance(kalman_fn)
+    out = kalman_fn(**x)
+    for layout in ("C", "F", "strided", "offset", "read-only"):
+        if layout == "read-only":  # e.g. np.asarray of a JAX array
+            y = {k: v.copy() for k, v in x.items()}
+            for v in y.values():
+                v.flags.writeable = False
+            outs = [o.copy() for o in out]
+            for o in outs:
+                o.flags.writeable = False
+        else:
+            y = {k: _layout(v, layout) for k, v in x.items()}
+            outs = [_layout(o, layout) for o in out]
+        kalman_fn._bind((), y)
+        assert kalman_fn._outputs_finite(outs)
+    x["Sigma"][0, 1] += 1
+    with pytest.raises(InputError, match="symmetric"):
+        kalman_fn(**x)
+    assert {k: len(k.signatures) for k in kernels} == counts
+
+
+# -- which inputs the outputs vouch for ------------------------------------------------------
+
+
+def test_unguarded_inputs_of_the_shipped_problems():
+    from autotune.derive import derive
+
+    expect = {  # matrices only factorized or inverted, or read in one triangle
+        ("kalman", "flop-optimal"): {"R"},
+        ("kalman", "seed-2x2"): {"R", "Sigma"},  # Sigma's upper right block is never read
+        ("gls", "flop-optimal"): {"M"},
+        ("mmse", "flop-optimal"): {"N", "C"},
+        ("enkf", "flop-optimal"): {"R"},
+        ("tikhonov", "flop-optimal"): {"lam"},  # a scalar: checked exactly anyway
+    }
+    small = {"kalman": {"n": 12}, "gls": {"n": 40}, "mmse": {"n": 10}, "enkf": {"n": 24, "N": 7},
+             "tikhonov": {"n": 10}}
+    for (name, point), want in expect.items():
+        p = load_problem(name)
+        dims = p.resolve_dims(small[name])
+        prog = derive(p, named_point(p, point, dims), dims)
+        assert checks.unguarded_inputs(prog, dims) == want, (name, point)
+
+
+def test_an_input_the_program_does_not_read_is_unguarded():
+    """PyTensor refuses to compile a graph with an unused input, but the analysis does not
+    count on it: an input no live step reads, or reads only through a factorization, is
+    unguarded; one read through a slice is guarded only where the slices cover it."""
+    from autotune.program import Program, Step
+
+    steps = (
+        Step("input", (), ("n", "n")),  # 0: A
+        Step("input", (), ("n", "n")),  # 1: B (unread)
+        Step("input", (), ("n", "n")),  # 2: C (factorized only)
+        Step("cholesky", (2,), ("n", "n")),  # 3
+        Step("trsolve", (3, 0), ("n", "n"), (("lower", True),)),  # 4: inv(L) A
+        Step("input", (), ("n", "n")),  # 5: D, half of it read
+        Step("slice", (5,), ("n", "2"), (("rows", ("0", "n")), ("cols", ("0", "2")))),  # 6
+        Step("transpose", (6,), ("2", "n")),  # 7
+        Step("matmul", (7, 4), ("2", "n")),  # 8
+    )
+    prog = Program(steps, {"A": 0, "B": 1, "C": 2, "D": 5}, {"X": 8, "Y": 4})
+    assert checks.unguarded_inputs(prog, {"n": 4}) == {"B", "C", "D"}
+    assert checks.unguarded_inputs(prog, {"n": 2}) == {"B", "C"}  # the slice is all of D
+
+
+# -- every diagnostic names the input ---------------------------------------------------------
+
+
+def _nan_message(name: str) -> str:
+    return rf"input {name}: contains NaN or infinity \(pass check_finite=False"
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_value_in_each_kalman_input_is_named(kalman_fn, value):
+    x = _instance(kalman_fn)
+    for name in kalman_fn.input_names:
+        for idx in ((0, 0), (-1, -1), (1, 0), (0, -1)):
+            y = dict(x)
+            y[name] = x[name].copy()
+            y[name][idx] = value
+            with pytest.raises(InputError, match=_nan_message(name)):
+                kalman_fn(**y)
+
+
+def test_a_nan_in_the_upper_triangle_only_is_named(kalman_fn):
+    """A NaN where a plan that reads one triangle does not look: Sigma's and R's upper
+    triangles (R only reaches a Cholesky factorization of S = R + H Sigma H.T)."""
+    x = _instance(kalman_fn)
+    for name in ("Sigma", "R"):
+        y = dict(x)
+        y[name] = x[name].copy()
+        y[name][0, -1] = np.nan
+        with pytest.raises(InputError, match=_nan_message(name)):
+            kalman_fn(**y)
+
+
+def test_unread_nan_with_finiteness_checks_off_is_an_asymmetry(folder):
+    fn = shipped(folder, "kalman", {"n": 12}, check_finite=False)
+    x = _instance(fn)
+    x["R"][0, -1] = np.nan  # the lower triangle holds a number: the triangles differ
+    with pytest.raises(InputError, match="input R: the plan relies on it being symmetric"):
+        fn(**x)
+    x = _instance(fn)
+    x["R"][0, -1] = x["R"][-1, 0] = np.nan  # both: symmetric, and NaN was allowed
+    fn(**x)
+
+
+def test_unread_nan_with_property_checks_off_is_still_named(folder):
+    fn = shipped(folder, "kalman", {"n": 12}, check_properties=False)
+    x = _instance(fn)
+    x["R"][0, -1] = np.nan
+    with pytest.raises(InputError, match=_nan_message("R")):
+        fn(**x)
+    x = _instance(fn)
+    x["R"][2, 2] = np.inf  # a pivot of infinity: Cholesky turns it into finite outputs
+    with pytest.raises(InputError, match=_nan_message("R")):
+        fn(**x)
+
+
+def test_asymmetric_sigma_is_named_and_rounding_is_not(kalman_fn):
+    x = _instance(kalman_fn)
+    eps = EPS[kalman_fn.dtype]
+    n = x["Sigma"].shape[0]
+    y = dict(x)
+    y["Sigma"] = x["Sigma"].copy()
+    y["Sigma"][3, 1] += 1e-3
+    with pytest.raises(InputError, match="input Sigma: the plan relies on it being symmetric"):
+        kalman_fn(**y)
+    # differences of rounding size (the old tolerance: 100 eps n max|Sigma|) pass
+    scale = float(np.abs(x["Sigma"]).max())
+    y["Sigma"] = x["Sigma"] + np.triu(np.full((n, n), 10 * eps * scale, dtype=kalman_fn.dtype), 1)
+    kalman_fn(**y)
+
+
+def test_a_non_positive_definite_r_is_named(kalman_fn):
+    x = _instance(kalman_fn)
+    x["R"] = -x["R"] - 10 * np.eye(len(x["R"]), dtype=kalman_fn.dtype)
+    with pytest.raises(InputError, match=r"input R: the plan relies on it being positive "
+                                         r"definite, but it is not \(Cholesky failed\)"):
+        kalman_fn(**x)
+
+
+def test_a_factorization_that_raises_is_diagnosed(folder):
+    """A backend whose Cholesky raises (rather than returning NaN) is diagnosed alike, the
+    original error kept as the cause; with nothing to blame it propagates unchanged."""
+    fn = shipped(folder, "kalman", {"n": 12})
+    real = fn._fn
+
+    class Raising:
+        def __call__(self, *values):
+            raise np.linalg.LinAlgError("Matrix is not positive definite")
+
+    x = _instance(fn)
+    bad = dict(x)
+    bad["R"] = -x["R"]
+    try:
+        fn._fn = Raising()
+        with pytest.raises(InputError, match="input R: .*positive definite") as info:
+            fn(**bad)
+        assert isinstance(info.value.__cause__, np.linalg.LinAlgError)
+        with pytest.raises(np.linalg.LinAlgError):
+            fn(**x)
+    finally:
+        fn._fn = real
+
+
+def test_triangular_inputs(folder):
+    path = make_plan(folder, TRIANGULAR, "trisolve.toml", {}, "flop-optimal", name="tri")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn = load_plan(path)
+        loose = load_plan(path, check_finite=False)
+    x = _instance(fn)
+    ref = evaluate_reference(fn.problem, x, fn.dims).outputs["x"]
+    for layout in ("C", "F", "strided"):
+        out = fn(**{k: _layout(v, layout) for k, v in x.items()})
+        assert relative_error(out.x, ref) < 1e-12
+    for name, idx, what in (("L", (0, 3), "lower"), ("U", (3, 0), "upper")):
+        for layout in ("C", "F"):
+            y = dict(x)
+            y[name] = x[name].copy()
+            y[name][idx] = 1.0
+            y[name] = _layout(y[name], layout)
+            with pytest.raises(InputError, match=f"input {name}: the plan relies on it being "
+                                                 f"{what} triangular"):
+                fn(**y)
+            y[name] = _layout(np.where(np.arange(81).reshape(9, 9) == idx[0] * 9 + idx[1],
+                                       np.nan, x[name]), layout)
+            with pytest.raises(InputError, match=_nan_message(name)):
+                fn(**y)
+            with pytest.raises(InputError, match=f"input {name}: the plan relies on it"):
+                loose(**y)
+    y = dict(x)
+    y["L"] = x["L"].copy()
+    y["L"][4, 4] = np.inf  # x_4 = b_4 / inf = 0: finite outputs, so L is scanned
+    with pytest.raises(InputError, match=_nan_message("L")):
+        fn(**y)
+
+
+def test_errors_come_in_the_inputs_order(kalman_fn):
+    """A NaN in an earlier input is named before a later input's failed property (as when
+    every input was scanned before the call)."""
+    x = _instance(kalman_fn)
+    x["mu"][2, 0] = np.nan
+    x["Sigma"][0, 1] += 1.0
+    with pytest.raises(InputError, match=_nan_message("mu")):
+        kalman_fn(**x)
+    x = _instance(kalman_fn)
+    x["Sigma"][0, 1] += 1.0
+    x["data"][0, 0] = np.nan
+    with pytest.raises(InputError, match="input Sigma: the plan relies on it being symmetric"):
+        kalman_fn(**x)
+
+
+def test_checks_off_let_nan_through(folder):
+    fn = shipped(folder, "kalman", {"n": 12}, check_finite=False, check_properties=False)
+    x = _instance(fn)
+    x["Sigma"][0, 1] = np.nan
+    out = fn(**x)
+    assert not np.isfinite(out.newSigma).all()
+
+
+def test_huge_finite_outputs_are_not_mistaken_for_overflow():
+    """The output check is exact: sums of huge finite values do not overflow it."""
+    a = np.full((50, 50), np.finfo(np.float64).max)
+    assert checks.all_finite(a)
+    with np.errstate(over="ignore"):
+        assert not math.isfinite(float(np.add.reduce(a, axis=None)))
+    a[3, 4] = np.inf
+    assert not checks.all_finite(a)
+
+
+@pytest.mark.parametrize("problem", problem_names())
+@pytest.mark.parametrize("point", ["flop-optimal", "seed-2x2"])
+def test_every_non_finite_element_of_every_input_is_named(folder, dims_for, problem, point):
+    """A NaN, +inf or -inf at each element of each input of each shipped problem (small
+    sizes; unblocked and 2 x 2 blocked plans): the error names that input."""
+    p = load_problem(problem)
+    fn = shipped(folder, problem, dims_for(p), point)
+    x = _instance(fn, seed=3)
+    fn(**x)
+    for name in fn.input_names:
+        if not fn.shapes[name]:
+            continue
+        for idx in np.ndindex(*fn.shapes[name]):
+            for value in (np.nan, np.inf, -np.inf):
+                y = dict(x)
+                y[name] = x[name].copy()
+                y[name][idx] = value
+                with pytest.raises(InputError, match=_nan_message(name)):
+                    fn(**y)
+
+
+# -- the thread limit --------------------------------------------------------------------------
+
+
+def _blas_counts() -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+def test_the_thread_limit_is_in_force_during_every_call(folder, monkeypatch):
+    """Inside the compiled function every BLAS runs with the target's threads, whether the
+    limit had to be set (threadpoolctl) or was already in force (nothing set)."""
+    from threadpoolctl import threadpool_limits
+
+    fn = shipped(folder, "kalman", {"n": 12})  # numba-t1
+    x = _instance(fn)
+    real = fn._fn
+    seen: list[set[int]] = []
+    entered: list[int] = []
+
+    def spy(*values):
+        seen.append(_blas_counts())
+        return real(*values)
+
+    original = fn._thread_limit
+
+    def counting(target):
+        entered.append(1)
+        return original(target)
+
+    fn._fn = spy
+    fn._thread_limit = counting
+    try:
+        with threadpool_limits(limits=2, user_api="blas"):
+            fn(**x)
+            assert _blas_counts() == {2}  # restored after the call
+        assert seen[-1] == {1} and len(entered) == 1
+        with threadpool_limits(limits=1, user_api="blas"):
+            fn(**x)
+        assert seen[-1] == {1} and len(entered) == 1  # in force already: nothing set
+    finally:
+        fn._fn = real
+        fn._thread_limit = original
+
+
+def test_concurrent_calls_with_big_inputs_use_the_check_threads(folder):
+    """Inputs over PARALLEL_MIN elements are checked by the plan's threads together; calls
+    from several threads at once still get every verdict right."""
+    source = (REPO / "search_spaces" / "gls.toml").read_text()
+    path = make_plan(folder, source, "search_spaces/gls.toml", {"n": 520}, "flop-optimal",
+                     name="gls-520")
+    data = json.loads(path.read_text())
+    data["target"] = {"backend": "numba", "device": "cpu", "name": "numba-t2", "threads": 2}
+    data["digest"] = _digest(data)
+    path.write_text(json.dumps(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn = load_plan(path)
+    assert fn._check_threads == min(2, os.cpu_count() or 1)
+    x = _instance(fn)
+    bad = dict(x)
+    bad["M"] = x["M"].copy()
+    bad["M"][1, 500] = np.nan
+    errors: list[str] = []
+
+    def work(i):
+        for _ in range(3):
+            try:
+                fn(**(bad if i % 2 else x))
+                if i % 2:
+                    errors.append("no error")
+            except InputError as exc:
+                if not (i % 2 and str(exc).startswith("input M: contains NaN")):
+                    errors.append(str(exc))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
