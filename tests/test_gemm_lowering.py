@@ -219,3 +219,15 @@ def test_large_transposed_operand_not_copied_by_peak_memory():
     assert res.returncode == 0, res.stderr[-3000:]
     grew, size = map(int, res.stdout.split()[-2:])
     assert grew < size // 10, (grew, size)
+
+
+@pytest.mark.parametrize("backend", ["JAX", "PYTORCH"])
+def test_jax_pytorch_plain_matmul(backend, rng):
+    pytest.importorskip("jax" if backend == "JAX" else "torch")
+    a, b, c = pt.matrix("a"), pt.matrix("b"), pt.matrix("c")
+    fn = pytensor.function([a, b, c], general_product(a.T, b, c, alpha=2.0, beta=-1.0),
+                           mode=backend)
+    x, y, z = rng.standard_normal((K, M)), rng.standard_normal((K, 3)), rng.standard_normal((M, 3))
+    np.testing.assert_allclose(np.asarray(fn(x, y, z)), 2.0 * x.T @ y - z, rtol=1e-10)
+    plain = pytensor.function([a, b], general_product(a, b), mode=backend)
+    np.testing.assert_allclose(np.asarray(plain(x.T, y)), x.T @ y, rtol=1e-10)
