@@ -188,23 +188,32 @@ def report(problem_name: str, n: int | None, dim: tuple[str, ...], dtype: str,
 
 
 @main.command()
-@click.argument("plan", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("plans", nargs=-1, required=True, type=click.Path(dir_okay=False,
+                                                                   path_type=Path))
 @click.option("--repeats", type=click.IntRange(min=3), default=5, show_default=True,
               help="Interleaved rounds of the plan, its baselines and a GEMM.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Seconds one measurement may take.")
-@click.option("--json", "as_json", is_flag=True, help="Print the verification as JSON.")
-def verify(plan: Path, repeats: int, timeout: float, as_json: bool) -> None:
-    """Re-time a stored plan against its baselines and the physical limit on this machine,
-    side by side, and say whether it still holds (exit code 1 when it does not)."""
-    from .verify import verify_plan
+@click.option("--json", "as_json", is_flag=True, help="Print the verifications as JSON.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the verifications as a markdown table to this file.")
+def verify(plans: tuple[Path, ...], repeats: int, timeout: float, as_json: bool,
+           markdown: Path | None) -> None:
+    """Re-time stored plans against their baselines and the physical limit on this machine,
+    side by side, and say whether each still holds (exit code 1 when one does not)."""
+    from .verify import verify_plan, write_markdown
 
-    v = verify_plan(plan, repeats=repeats, timeout=timeout)
+    results = [verify_plan(p, repeats=repeats, timeout=timeout) for p in plans]
     if as_json:
-        click.echo(json.dumps(v.to_json(), indent=1, sort_keys=True, default=str))
+        data = [v.to_json() for v in results]
+        click.echo(json.dumps(data[0] if len(data) == 1 else data, indent=1, sort_keys=True,
+                              default=str))
     else:
-        _print_verification(v)
-    sys.exit(0 if v.holds else 1)
+        for v in results:
+            _print_verification(v)
+    if markdown is not None:
+        click.echo(f"wrote {write_markdown(results, markdown)}", err=True)
+    sys.exit(0 if all(v.holds for v in results) else 1)
 
 
 def _print_verification(v: Any) -> None:

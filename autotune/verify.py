@@ -25,7 +25,7 @@ from .errors import AutotuneError, PlanError
 from .measure import Job, Measurement, TimingPolicy, Worker
 from .stats import limit_ratio, significantly_faster
 
-__all__ = ["Verification", "verify_plan"]
+__all__ = ["Verification", "verify_plan", "write_markdown"]
 
 #: Baselines re-timed next to the plan: name -> (named point, variant).
 BASELINES = {
@@ -145,3 +145,42 @@ def _verdict(plan, entries, contest) -> Verification:
         str(plan.path), not reasons, reasons, float(c["timing"]["median"]), median,
         list(samples), baselines, rate / 1e9 if rate else None, ratio, c.get("limit_ratio"),
         dict(m.errors), [], contest.rounds)
+
+
+def _t(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.3f} s"
+
+
+def write_markdown(results: list[Verification], path: str | Path) -> Path:
+    """The verifications as one markdown table per plan (figures measured side by side)."""
+    from datetime import UTC, datetime
+
+    from .targets import machine_fingerprint
+
+    m = machine_fingerprint()
+    lines = ["# Stored plans re-checked on this machine (`autotune verify`)", "",
+             f"{datetime.now(UTC).isoformat(timespec='seconds')}; CPU: {m.get('cpu_model')}, "
+             f"{m.get('usable_cores')} usable cores. Each plan was re-derived from its stored "
+             "problem and knobs, checked against the float64 reference, and timed in "
+             "interleaved rounds with its baselines and a GEMM, under its heap policy.", ""]
+    for v in results:
+        verdict = "holds" if v.holds else "does not hold: " + "; ".join(v.reasons)
+        limit = f"{v.limit_ratio:.2f}×" if v.limit_ratio else "-"
+        stored = f"{v.stored_limit_ratio:.2f}×" if v.stored_limit_ratio else "-"
+        lines += [f"## {Path(v.path).name}: {verdict}", "",
+                  f"{v.rounds} rounds; × the physical limit now {limit} (stored {stored}); "
+                  f"GEMM {v.gemm_gflops or 0:.1f} GFLOP/s in these rounds.", "",
+                  "| computation | now | stored | plan's speedup now |",
+                  "| --- | ---: | ---: | ---: |"]
+        for name, b in v.baselines.items():
+            speed = f"{b['speedup']:.2f}×" if b.get("speedup") else b.get("status", "-")
+            lines.append(f"| {name} | {_t(b.get('median'))} | {_t(b.get('stored_median'))} | "
+                         f"{speed} |")
+        lines += [f"| **plan** | {_t(v.median)} | {_t(v.stored_median)} | |", ""]
+        for d in v.machine_differences:
+            lines.append(f"- tuned elsewhere: {d}")
+    out = Path(path)
+    out.write_text("\n".join(lines) + "\n")
+    return out

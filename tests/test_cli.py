@@ -96,6 +96,9 @@ def test_verify_a_fresh_plan(small_run):
     assert set(v["baselines"]) == {"numpy", "naive", "pytensor", "flop-optimal"}
     assert all(b["median"] for b in v["baselines"].values())
     assert v["limit_ratio"] is None or v["limit_ratio"] >= 1.0
+    md = out / "VERIFY.md"
+    r = _cli("verify", str(plan), "--repeats", "3", "--markdown", str(md))
+    assert r.returncode in (0, 1) and "| **plan** |" in md.read_text()
 
 
 def test_targets_and_problems():
