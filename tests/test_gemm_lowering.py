@@ -1,6 +1,7 @@
 """The general product lowered to one BLAS call: :class:`GeneralProduct` (``?gemm``/``?gemv``
 with the transpose flags of each operand's memory layout) and the late Numba rewrite that turns
-a matrix ``Dot`` into it, so that a transposed operand (a view) is never copied."""
+a matrix ``Dot`` into it, so that a transposed operand (a view) is never copied; likewise the
+triangular solve as one ``?trsm`` (:class:`TriangularSolve`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 from autotune.kernels import KERNELS
 from autotune.kernels.product_ops import GeneralProduct, general_product
+from autotune.kernels.triangular_ops import TriangularSolve
 from autotune.pinned import kernel_counts, pinned_mode
 from autotune.program import Step
 from autotune.targets import compile_function
@@ -231,3 +233,48 @@ def test_jax_pytorch_plain_matmul(backend, rng):
     np.testing.assert_allclose(np.asarray(fn(x, y, z)), 2.0 * x.T @ y - z, rtol=1e-10)
     plain = pytensor.function([a, b], general_product(a, b), mode=backend)
     np.testing.assert_allclose(np.asarray(plain(x.T, y)), x.T @ y, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(("lower", "trans", "unit"),
+                         list(itertools.product((True, False), (0, 1), (False, True))))
+def test_triangular_solve_as_trsm_every_layout(dtype, lower, trans, unit, rng):
+    """PyTensor's SolveTriangular runs as one ?trsm in the Numba backend (TriangularSolve), for
+    C- and F-ordered operands, matrix and vector right-hand sides, transposed or not."""
+    import scipy.linalg
+    from pytensor.tensor.linalg import solve_triangular
+
+    a, b = pt.matrix("a", dtype=dtype), pt.matrix("b", dtype=dtype)
+    out = solve_triangular(a, b, lower=lower, trans=trans, unit_diagonal=unit, b_ndim=2)
+    fn = _fn([a, b], out, "NUMBA")
+    counts = kernel_counts(fn)
+    assert counts["TriangularSolve"] == 1 and counts["SolveTriangular"] == 0, dict(counts)
+    for order_a, order_b, n in itertools.product("CF", "CF", (3, 1)):
+        x = _store(rng, (M, M), dtype, order_a) + np.asarray(4 * np.eye(M), dtype=dtype)
+        y = _store(rng, (M, n), dtype, order_b)
+        ref = scipy.linalg.solve_triangular(x.astype(np.float64), y.astype(np.float64),
+                                            lower=lower, trans=trans, unit_diagonal=unit)
+        got = fn(x, y)
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(got, ref, **_tol(dtype), err_msg=f"{order_a}{order_b}{n}")
+    # the other triangle is not read; empty right-hand sides
+    tri, other = (np.tril, np.triu) if lower else (np.triu, np.tril)
+    x = tri(np.ones((M, M))) + 3 * np.eye(M)
+    junk = np.where(other(np.ones((M, M)), 1 if lower else -1) == 1, np.nan, x)
+    y = np.ones((M, 2))
+    ref = scipy.linalg.solve_triangular(x, y, lower=lower, trans=trans, unit_diagonal=unit)
+    np.testing.assert_allclose(fn(junk.astype(dtype), y.astype(dtype)), ref, **_tol(dtype))
+    assert fn(np.eye(M, dtype=dtype), np.ones((M, 0), dtype=dtype)).shape == (M, 0)
+
+
+def test_triangular_solve_perform_and_strided_views(rng):
+    a, b = pt.matrix("a"), pt.matrix("b")
+    big = rng.standard_normal((2 * M, 2 * M)) + 6 * np.eye(2 * M)
+    rhs = rng.standard_normal((2 * M, 6))
+    for mode in MODES:
+        fn = _fn([a, b], TriangularSolve(lower=False)(a, b), mode)
+        x, y = big[::2, ::2], rhs[::2, ::3]
+        np.testing.assert_allclose(fn(x, y), np.linalg.solve(np.triu(x), y), rtol=1e-10)
+        np.testing.assert_allclose(fn(x.T, y), np.linalg.solve(np.triu(x.T), y), rtol=1e-10)
+    with pytest.raises(TypeError):
+        TriangularSolve()(pt.vector(), pt.matrix())

@@ -1,5 +1,6 @@
-"""Triangular and diagonal kernels: the triangular solve (LAPACK/BLAS TRSM, PyTensor's
-``SolveTriangular``), the triangular matrix product (BLAS TRMM, the project's
+"""Triangular and diagonal kernels: the triangular solve (PyTensor's ``SolveTriangular``, which
+the Numba backend runs as BLAS TRSM: :class:`~autotune.kernels.triangular_ops.TriangularSolve`),
+the triangular matrix product (BLAS TRMM, the project's
 :class:`~autotune.kernels.triangular_ops.TriangularMatMul`) and the solve with a diagonal
 matrix (a row or column scaling)."""
 
@@ -25,6 +26,10 @@ def _lower_trsolve(step: Any, args: list[Any], env: Mapping[str, int], dtype: st
         from pytensor.tensor.linalg import solve_triangular
     except ImportError:  # pragma: no cover - older PyTensor
         from pytensor.tensor.slinalg import solve_triangular
+    # Loading triangular_ops registers the late Numba rewrite to TriangularSolve (one ?trsm,
+    # no transposing copy of b); PyTensor's own rewrites still see a SolveTriangular.
+    from . import triangular_ops  # noqa: F401  (registers the rewrite)
+
     return solve_triangular(args[0], args[1], lower=bool(step.attr("lower", True)),
                             trans=1 if step.attr("trans") else 0, b_ndim=2)
 
@@ -99,7 +104,7 @@ for _k in (
     Kernel("trsolve",
            "triangular solve: attrs lower, trans, side ('left': A^-1 B, 'right': B A^-1)",
            "op(A)^-1 @ B  (A triangular, op: A or A.T)", "solve", _trsolve_cost,
-           _lower_trsolve, pytensor_op="SolveTriangular", properties=((TRIANGULAR,), ()),
+           _lower_trsolve, pytensor_op="TriangularSolve", properties=((TRIANGULAR,), ()),
            reference=_ref_trsolve, step_text=_trsolve_text,
            examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3, (("lower", True),)),
                      Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3,
