@@ -161,12 +161,15 @@ def _time(f: Callable[..., Any], *args: Any) -> float:
     return time.perf_counter() - t0
 
 
-def run(n: int, repeats: int, targets: list[str]) -> list[dict[str, Any]]:
+def run(n: int, repeats: int, targets: list[str],
+        kernels: set[str] | None = None) -> list[dict[str, Any]]:
     from autotune.targets import thread_limit
 
     rng = np.random.default_rng(0)
     rows = []
     for case in _cases():
+        if kernels is not None and case.kernel not in kernels:
+            continue
         ops = _operands(case, n, rng)
         # the reference sees the same matrices in Fortran order, the transposes as flags
         fops = [np.asfortranarray(x.T if j < len(case.transposed) and case.transposed[j] else x)
@@ -223,13 +226,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", default=None,
                         help="comma-separated thread counts (default: 1 and all cores)")
+    parser.add_argument("--kernels", default=None,
+                        help="comma-separated kernel names (default: all with a counterpart)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     n = args.n or (500 if args.quick else 2000)
     repeats = args.repeats or (15 if n <= 500 else 5)
     cores = os.cpu_count() or 1
     counts = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
-    rows = run(n, repeats, [f"numba-t{t}" for t in counts])
+    kernels = set(args.kernels.split(",")) if args.kernels else None
+    rows = run(n, repeats, [f"numba-t{t}" for t in counts], kernels)
     write(rows, n, repeats, args.out)
 
 
