@@ -399,9 +399,10 @@ class TunedFunction:
                 raise InputError(f"input {name}: dtype {arr.dtype} would lose precision in this "
                                  f"{self.dtype} plan; cast it explicitly")
             arr = arr.astype(self.dtype)
-        if self._input_checks[name][3] and not self._checks.all_finite(arr, self._check_threads):
+        sym, lower, upper, scan = self._input_checks[name]
+        if scan and not self._checks.all_finite(arr, self._check_threads):
             raise InputError(_not_finite(name))
-        if self.check_properties:
+        if self._check_properties and (sym or lower or upper):
             self._check_cheap_properties(name, arr)
         return arr
 
@@ -411,13 +412,11 @@ class TunedFunction:
         zero triangles (a NaN there is not zero). Definiteness is diagnosed after the call,
         from the factorization's own failure (:meth:`_diagnose`)."""
         sym, lower, upper, _ = self._input_checks[name]
-        if not (sym or lower or upper):
-            return
         checks = self._checks
         if sym:
             verdict = checks.symmetry(arr, self._eps, self._check_threads,
-                                      stop_at_nonfinite=self.check_finite)
-            if self.check_finite and not verdict.finite:
+                                      stop_at_nonfinite=self._check_finite)
+            if self._check_finite and not verdict.finite:
                 raise InputError(_not_finite(name))
             if not verdict.symmetric:
                 raise InputError(f"input {name}: the plan relies on it being symmetric, but it "

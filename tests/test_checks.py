@@ -170,12 +170,12 @@ def square(draw, max_n: int = 41):
 @contextlib.contextmanager
 def tiled(on: bool):
     """The tile-by-tile symmetry pass (big arrays) for arrays of any size."""
-    saved = checks.TILED_MIN
-    checks.TILED_MIN = 1 if on else saved
+    saved = checks.TILED_MIN_BYTES
+    checks.TILED_MIN_BYTES = 0 if on else saved
     try:
         yield
     finally:
-        checks.TILED_MIN = saved
+        checks.TILED_MIN_BYTES = saved
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
