@@ -250,6 +250,10 @@ def open_storage(url: str) -> Any:
 
 
 
+#: A RUNNING trial that never recorded its process is taken as stale after this long.
+STALE_UNCLAIMED_S = 120.0
+
+
 def fail_stale_trials(study: Any, candidate_timeout: float) -> list[int]:
     """Record as failed the RUNNING trials whose process is gone: on this host, a process
     id that no longer runs; elsewhere, a trial older than a candidate's timeout twice over
@@ -264,11 +268,15 @@ def fail_stale_trials(study: Any, candidate_timeout: float) -> list[int]:
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        age = (now - (t.datetime_start or now)).total_seconds()
         if where == host and isinstance(pid, int):
             gone = not _pid_alive(pid)
+        elif where is None:
+            # killed between asking for the trial and recording its process, which a live
+            # process does at once (a database lock waits 60 s at most)
+            gone = age > STALE_UNCLAIMED_S
         else:
-            started = t.datetime_start or now
-            gone = (now - started).total_seconds() > 2 * candidate_timeout + 3600
+            gone = age > 2 * candidate_timeout + 3600
         if gone:
             study._storage.set_trial_user_attr(t._trial_id, "status", "stale")
             study._storage.set_trial_user_attr(t._trial_id, "message",
@@ -414,9 +422,9 @@ def _trial(trial, problem, dims, low, config, study, baselines_knobs, st: _State
         # known outcome instead of spending the budget on it again
         trial.set_user_attr("status", "duplicate")
         if pkey in st.seen:
-            study.tell(trial, st.seen[pkey])
+            study.tell(trial, st.seen[pkey], skip_if_finished=True)
         else:
-            study.tell(trial, state=st.settled[pkey])
+            study.tell(trial, state=st.settled[pkey], skip_if_finished=True)
         return False
     fault("trial")
     full = {**baselines_knobs[named or "flop-optimal"], **knobs}
@@ -431,13 +439,13 @@ def _trial(trial, problem, dims, low, config, study, baselines_knobs, st: _State
     if state == "ok":
         st.best = min(st.best, value)
         st.seen[pkey] = value
-        study.tell(trial, value)
+        study.tell(trial, value, skip_if_finished=True)
         e = Entry(full, target, Measurement.from_json(info["measurement"]), named or "")
         st.entries[e.key] = e
         _calibrate(st.rates, e)
     else:
         st.settled[pkey] = TrialState.PRUNED if state == "pruned" else TrialState.FAIL
-        study.tell(trial, state=st.settled[pkey])
+        study.tell(trial, state=st.settled[pkey], skip_if_finished=True)
     return True
 
 

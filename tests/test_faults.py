@@ -259,7 +259,7 @@ def test_a_real_run_survives_faults(tmp_path, fault):
     assert not leftover.stdout.strip(), leftover.stdout
 
 
-def test_a_killed_runs_trial_is_failed_on_resume(tmp_path):
+def test_a_killed_runs_trial_is_failed_on_resume(tmp_path, monkeypatch):
     """A run killed with SIGKILL leaves its trial RUNNING; the next run records it as failed
     (its process is gone) before it goes on."""
     import socket
@@ -279,9 +279,12 @@ def test_a_killed_runs_trial_is_failed_on_resume(tmp_path):
     other = study.ask()
     other.set_user_attr("pid", 1)
     other.set_user_attr("host", "another-machine")  # recent: may still be running there
+    study.ask()  # asked, its process not recorded yet (or killed in between): recent
     assert fail_stale_trials(study, 300.0) == [0]
     states = [t.state.name for t in study.trials]
-    assert states == ["FAIL", "RUNNING", "RUNNING"]
+    assert states == ["FAIL", "RUNNING", "RUNNING", "RUNNING"]
+    monkeypatch.setattr("autotune.search.STALE_UNCLAIMED_S", -1.0)
+    assert fail_stale_trials(study, 300.0) == [3]  # never claimed, and old enough
     assert study.trials[0].user_attrs["status"] == "stale"
 
 
@@ -307,7 +310,8 @@ def test_sigkill_of_a_real_run_then_resume(tmp_path):
             try:
                 (name,) = optuna.get_all_study_names(f"sqlite:///{db}")
                 study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-                if any(t.state.name == "RUNNING" for t in study.trials):
+                if any(t.state.name == "RUNNING" and "pid" in t.user_attrs
+                       for t in study.trials):
                     break
             except Exception:  # noqa: BLE001 - the database is being created
                 continue
