@@ -207,19 +207,22 @@ def run_tuning(problem: Problem, dims: Mapping[str, int], config: SearchConfig,
                     proc.join()
         assert result is not None
         path = config.out / plan_filename(problem.name, dims, config.dtype)
+        plan = build_plan(problem, dims, config, result)
         with _deferred_signals() as caught:  # what was decided is written, whatever comes
-            if result.kept_incumbent:
-                console.print(f"the stored plan {path} was timed against the new candidates "
-                              "and is still the best: kept unchanged")
-            else:
-                plan = build_plan(problem, dims, config, result)
+            if not result.kept_incumbent:
                 fault("save")
                 path = save_plan(plan, config.out)
         if caught:
             console.print(f"interrupted ({', '.join(caught)}) while the plan was being written: "
                           "it was written first")
     _write_trials(config, result.study_name, result.storage)
-    _print_summary(read_plan(path), path, console)
+    if result.kept_incumbent:  # this run's figures, and the file left as it was
+        _print_summary(plan, path, console, written=False)
+        console.print(f"the stored plan {path} was timed against the new candidates in the "
+                      "same rounds and is still the best: kept unchanged")
+        print(path)
+    else:
+        _print_summary(read_plan(path), path, console)
     return path
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .contest import Contest, Entry, estimate_round, run_final_round
+from .contest import Contest, Entry, run_final_round
 from .errors import AutotuneError
 from .measure import Job, Measurement, TimingPolicy
 from .space import NAMED_POINTS, knob_space, named_point
@@ -349,22 +349,30 @@ def _resume(study: Any) -> _State:
     return st
 
 
-def _reserve(st: _State, config: SearchConfig, n_baselines: int) -> float:
-    """Seconds to keep for the final round: its rounds over the contenders known so far (a
-    baseline not timed yet counted at the slowest time seen), the compiles of those the
-    worker may not hold any more, and the GEMM of each round; plus one more search trial of
-    the mean length so far (a trial is not cut short)."""
+def _reserve(st: _State, config: SearchConfig) -> float:
+    """Seconds to keep for the final round: its minimum rounds (plus the warm-up) over the
+    contenders it will time -- the best few as measured; a named point or baseline not
+    measured yet at a likely time (``flop-optimal`` and the stored plan at the best time,
+    the variants of the formula as written at ``naive``'s, ``seed-2x2`` at the slowest) --
+    their compiles, a GEMM per round, and one more search trial of the mean length so far
+    (a trial is not cut short)."""
     ok = sorted((e for e in st.entries.values() if e.measurement.ok and e.measurement.samples),
                 key=lambda e: e.measurement.median)
     if not ok:
         return 0.0
-    slowest = max(e.measurement.median for e in ok)
+    best, slowest = ok[0].measurement.median, ok[-1].measurement.median
+    named = {e.name: e.measurement.median for e in ok if e.name}
+    naive = named.get("naive", slowest)
+    top = ok[: config.final_round_top]
+    est = [e.measurement.median for e in top]
+    guess = {"naive": naive, "seed-2x2": slowest, "flop-optimal": best}
+    est += [named.get(n, guess[n]) for n in NAMED_POINTS if n not in {e.name for e in top}]
+    est += [naive] * len(config.baselines)
+    est += [best] if config.incumbent is not None else []
     compile_s = max(e.measurement.compile_s for e in ok)
-    top = {e.key: e for e in ok[: config.final_round_top]}
-    n = len(top) + n_baselines
-    per_round = estimate_round(top, slowest) + n_baselines * slowest + slowest
     trial = sum(st.trial_seconds) / len(st.trial_seconds) if st.trial_seconds else 0.0
-    return (config.final_round_repeats + 1) * per_round + n * compile_s + trial
+    return ((config.final_round_repeats + 1) * (sum(est) + best) + len(est) * compile_s
+            + trial)
 
 
 def _search(problem, dims, config, study, space, baselines_knobs, st: _State, measure,
@@ -374,13 +382,12 @@ def _search(problem, dims, config, study, space, baselines_knobs, st: _State, me
 
     low = _low_dims(problem, dims) if config.low_fidelity else None
     dist = {k: optuna.distributions.CategoricalDistribution(v) for k, v in space.items()}
-    n_baselines = len(NAMED_POINTS) + len(config.baselines) + (config.incumbent is not None)
     repeats = 0  # consecutive proposals of points already measured
     if progress:
         progress({"phase": "start", "done": count_done(study), "of": config.trials})
     while repeats < 50:  # the sampler keeps returning to measured points: the space is done
         done = count_done(study)
-        if done >= config.trials or clock() + _reserve(st, config, n_baselines) >= deadline:
+        if done >= config.trials or clock() + _reserve(st, config) >= deadline:
             break
         trial = None
         began = clock()
