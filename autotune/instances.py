@@ -217,7 +217,7 @@ def memory_estimate(
             return d
         if isinstance(d, sp.Symbol) and d in subs:
             return subs[d]
-        return int(sp.sympify(d).subs(subs))
+        return int(d.subs(subs))  # a SymPy shape expression, never text
 
     largest: tuple[str, tuple[int, int]] = ("", (0, 0))
 
