@@ -1031,25 +1031,30 @@ def _sym_product_matmul_impl(op: SymProduct, matmul):
 
 
 
+#: Each op's implementation over a backend's ``matmul`` (JAX and PyTorch alike).
+_MATMUL_IMPLS = {
+    SymRankK: lambda op, mm: _matmul_impl(op, mm),
+    SymProduct: lambda op, mm: _sym_product_matmul_impl(op, mm),
+    GeneralProduct: lambda op, mm: _general_product_matmul_impl(op, mm),
+}
+
+
+def _register(dispatcher, matmul) -> None:
+    """Register every op of :data:`_MATMUL_IMPLS` with a backend's dispatcher."""
+    for cls, impl in _MATMUL_IMPLS.items():
+        def funcify(op, _impl=impl, **kwargs):
+            return _impl(op, matmul)
+
+        dispatcher.register(cls)(funcify)
+
+
 def _register_jax() -> bool:
     try:
         import jax.numpy as jnp
         from pytensor.link.jax.dispatch import jax_funcify
     except ImportError:
         return False
-
-    @jax_funcify.register(SymRankK)
-    def jax_funcify_SymRankK(op, **kwargs):
-        return _matmul_impl(op, jnp.matmul)
-
-    @jax_funcify.register(SymProduct)
-    def jax_funcify_SymProduct(op, **kwargs):
-        return _sym_product_matmul_impl(op, jnp.matmul)
-
-    @jax_funcify.register(GeneralProduct)
-    def jax_funcify_GeneralProduct(op, **kwargs):
-        return _general_product_matmul_impl(op, jnp.matmul)
-
+    _register(jax_funcify, jnp.matmul)
     return True
 
 
@@ -1059,19 +1064,7 @@ def _register_pytorch() -> bool:
         from pytensor.link.pytorch.dispatch import pytorch_funcify
     except ImportError:
         return False
-
-    @pytorch_funcify.register(SymRankK)
-    def pytorch_funcify_SymRankK(op, **kwargs):
-        return _matmul_impl(op, torch.matmul)
-
-    @pytorch_funcify.register(SymProduct)
-    def pytorch_funcify_SymProduct(op, **kwargs):
-        return _sym_product_matmul_impl(op, torch.matmul)
-
-    @pytorch_funcify.register(GeneralProduct)
-    def pytorch_funcify_GeneralProduct(op, **kwargs):
-        return _general_product_matmul_impl(op, torch.matmul)
-
+    _register(pytorch_funcify, torch.matmul)
     return True
 
 
