@@ -6,6 +6,8 @@ run reaches ``PHASE`` for the N-th time (default 1) in a process, ACTION happens
 ``sigint`` / ``sigterm``  the process sends itself the signal (what Ctrl-C or ``kill`` do)
 ``die``                   the process exits at once with status 137 (as if SIGKILLed)
 ``raise``                 a RuntimeError is raised at that point
+``stall``                 the process sleeps there (up to an hour), as a hung kernel would:
+                          a test can then act on a run that is certainly mid-phase
 
 With ``AUTOTUNE_FAULT_ONCE`` naming a file, an action happens once across every process of
 the run (the first to create the file acts): a restarted worker does not fail again.
@@ -21,11 +23,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 __all__ = ["PHASES", "ACTIONS", "fault"]
 
 PHASES = ("trial", "measure", "dgemm", "final", "save")
-ACTIONS = ("sigint", "sigterm", "die", "raise")
+ACTIONS = ("sigint", "sigterm", "die", "raise", "stall")
 
 _counts: dict[str, int] = {}
 
@@ -63,4 +66,7 @@ def fault(phase: str) -> None:
         os._exit(137)
     if action == "raise":
         raise RuntimeError(f"injected fault in phase {phase!r}")
+    if action == "stall":
+        time.sleep(3600.0)
+        return
     os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGTERM)

@@ -300,30 +300,27 @@ def test_sigkill_of_a_real_run_then_resume(tmp_path):
             "40", "--trials", "6", "--timeout", "300", "--target", "numba-t1", "--out",
             str(tmp_path / "res"), "--quiet"]
     mark = f"AUTOTUNE_TEST_MARK={tmp_path}"
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "AUTOTUNE_TEST_MARK": str(tmp_path)})
+    # the worker hangs in its second measurement, so the kill certainly lands mid-search
+    env = {**os.environ, "AUTOTUNE_TEST_MARK": str(tmp_path), "AUTOTUNE_FAULT": "measure:stall@2",
+           "AUTOTUNE_FAULT_ONCE": str(tmp_path / "stalled")}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     db = tmp_path / "res" / "autotune.db"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # until a trial is in flight
-        time.sleep(0.5)
-        if db.exists():
-            try:
-                (name,) = optuna.get_all_study_names(f"sqlite:///{db}")
-                study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-                if any(t.state.name == "RUNNING" and "pid" in t.user_attrs
-                       for t in study.trials):
-                    break
-            except Exception:  # noqa: BLE001 - the database is being created
-                continue
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (tmp_path / "stalled").exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before the stall: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    assert (tmp_path / "stalled").exists(), "the worker never reached its second measurement"
     before = _marked(mark)
-    assert len(before) >= 2, "the run and its worker should both be running"
+    assert proc.pid in before and len(before) >= 2, "the run and its worker should be running"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
     deadline = time.monotonic() + 10
     while _marked(mark) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _marked(mark), "a worker outlived the killed run"
-    out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    resumed = {k: v for k, v in os.environ.items() if not k.startswith("AUTOTUNE_FAULT")}
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=resumed)
     assert out.returncode == 0, out.stderr[-2000:]
     (name,) = optuna.get_all_study_names(f"sqlite:///{db}")
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
