@@ -127,6 +127,8 @@ def run(problem_name: str, n: int | None, dim: tuple[str, ...], trials: int, tim
 
     problem = load_problem(problem_name)
     dims = _parse_dims(n, dim, problem)
+    for note in problem.notes:  # what the formulas imply (an inverted matrix is invertible)
+        click.echo(f"note: {note}", err=True)
     from .instances import check_fits
 
     check_fits(problem, dims, dtype)  # before anything is allocated: a clear refusal

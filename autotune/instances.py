@@ -1,8 +1,12 @@
 """Seeded random instances that honor the declared properties, and numerical property checks.
 
 Matrices are well conditioned by construction (SPD: ``G G.T / c + I``-like spectra in [1, 5];
-triangular: unit-order diagonal with small off-diagonal entries; invertible: ``3 I + G``), so
-that accuracy checks measure the algorithm, not an ill-posed instance.
+triangular: unit-order diagonal with small off-diagonal entries; invertible: ``3 I + G``;
+banded: zeros outside the band and a diagonal that dominates its row), so that accuracy checks
+measure the algorithm, not an ill-posed instance. A semidefinite input is drawn at half rank
+(singular), except where the formula inverts it or a matrix it is part of
+(:attr:`autotune.spec.Problem.full_rank_inputs`): there it is drawn positive definite, as the
+covariance a user inverts is.
 
 Before anything is allocated, :func:`check_fits` compares :func:`estimate_bytes` (the inputs,
 the outputs and the float64 reference, from the shapes) with the memory this machine has
@@ -35,14 +39,20 @@ from .properties import (
     IDENTITY,
     INVERTIBLE,
     LOWER,
+    LOWER_BIDIAGONAL,
     NONZERO,
     ORTHOGONAL,
     PD,
     POSITIVE,
     PSD,
     SYMMETRIC,
+    TRIDIAGONAL,
     UPPER,
+    UPPER_BIDIAGONAL,
+    Band,
     Facts,
+    bandwidth_of,
+    close_facts,
 )
 from .spec import Problem
 
@@ -50,6 +60,7 @@ __all__ = [
     "random_matrix",
     "random_instance",
     "check_property",
+    "check_bandwidth",
     "instance_seed",
     "MemoryEstimate",
     "memory_estimate",
@@ -60,11 +71,21 @@ __all__ = [
 
 
 def random_matrix(
-    shape: tuple[int, int], props: Facts, rng: np.random.Generator, dtype: str = "float64"
+    shape: tuple[int, int],
+    props: Facts,
+    rng: np.random.Generator,
+    dtype: str = "float64",
+    bandwidth: Band | None = None,
 ) -> np.ndarray:
-    """A random matrix with the given (closed) properties."""
+    """A random matrix with the given (closed) properties, zero outside ``bandwidth``
+    (``(lower, upper)``) and outside the band its properties promise (tridiagonal, ...)."""
     r, c = shape
-    props = _effective(props)
+    band = _band(props, r, c, bandwidth)
+    props = _effective(props, band is not None)
+    if band is not None and not props & {IDENTITY, ORTHOGONAL, DIAGONAL}:
+        plain = bandwidth_of({p for p in props if p in (LOWER, UPPER)}, r, c)
+        if band != plain:
+            return _banded(r, c, band, props, rng).astype(dtype)
     if IDENTITY in props:
         return np.eye(r, dtype=dtype)
     if ORTHOGONAL in props and DIAGONAL in props:  # the orthogonal diagonal matrices: +-1
@@ -105,12 +126,54 @@ def random_matrix(
     return g.astype(dtype)
 
 
-def _effective(props: Facts) -> Facts:
+def _band(props: Facts, r: int, c: int, declared: Band | None) -> Band | None:
+    band = bandwidth_of(props, r, c)
+    if declared is not None:
+        lo, up = declared
+        if band is not None:
+            lo, up = min(lo, band[0]), min(up, band[1])
+        band = bandwidth_of((), r, c) if lo >= r - 1 and up >= c - 1 else (lo, up)
+    if band is not None and band[0] == 0 and band[1] == 0:
+        return (0, 0)
+    return band
+
+
+def _banded(
+    r: int, c: int, band: Band, props: Facts, rng: np.random.Generator
+) -> np.ndarray:
+    """Zeros outside the band, unit-order entries inside, and a diagonal that strictly
+    dominates its row (so square ones are invertible and well conditioned, semidefinite
+    ones definite, rectangular ones full rank)."""
+    lo, up = band
+    sym = bool(props & {SYMMETRIC, PSD, PD})
+    if sym:
+        lo = up = min(lo, up)
+    m = rng.standard_normal((r, c)) / (lo + up + 1)
+    m = np.triu(np.tril(m, up), -lo)
+    if sym:
+        m = np.triu(m) + np.triu(m, 1).T
+    k = min(r, c)
+    idx = np.arange(k)
+    m[idx, idx] = 0.0
+    rows = np.abs(m).sum(axis=1)[:k]
+    if sym:
+        rows = np.maximum(rows, np.abs(m).sum(axis=0)[:k])
+    mags = rows + rng.uniform(1.0, 2.0, k)
+    if not props & {PSD, PD}:
+        mags *= rng.choice([-1.0, 1.0], k)
+    m[idx, idx] = mags
+    return m
+
+
+def _effective(props: Facts, banded: bool = False) -> Facts:
     """What a combination of declared properties forces (each combination is satisfiable: the
     identity has every property): a symmetric or orthogonal triangular matrix is diagonal, and
-    the only orthogonal semidefinite matrix is the identity."""
+    the only orthogonal semidefinite matrix is the identity; an orthogonal banded matrix is
+    drawn diagonal (+-1), a symmetric bidiagonal one is diagonal."""
     out = set(props)
     if out & {LOWER, UPPER} and out & {SYMMETRIC, PSD, PD, ORTHOGONAL}:
+        out.add(DIAGONAL)
+    if banded and ORTHOGONAL in out:
         out.add(DIAGONAL)
     if ORTHOGONAL in out and out & {PSD, PD}:
         out.add(IDENTITY)
@@ -140,13 +203,19 @@ def random_instance(
     values = problem.resolve_dims(dims)
     check_fits(problem, values, dtype)
     out: dict[str, np.ndarray | float] = {}
+    full_rank = problem.full_rank_inputs
     for name, spec in problem.inputs.items():
         rng = instance_seed(seed, name)
         facts = problem.declared(name)
         if spec.is_scalar:
             out[name] = random_scalar(facts, rng)
-        else:
-            out[name] = random_matrix(problem.shape_of(name, values), facts, rng, dtype)
+            continue
+        if name in full_rank and PD not in facts:
+            # inside an inverted matrix: the user's covariance is full rank, so is this one
+            facts = close_facts(facts | {PD}, True)
+        out[name] = random_matrix(
+            problem.shape_of(name, values), facts, rng, dtype, spec.bandwidth  # type: ignore[arg-type]
+        )
     return out
 
 
@@ -330,9 +399,13 @@ def check_property(x: np.ndarray, prop: str, rtol: float = 1e-8) -> bool:
     scale = max(1.0, float(np.abs(x).max()))
     tol = rtol * scale * max(x.shape)
     square = x.ndim == 2 and x.shape[0] == x.shape[1]
-    if prop in (SYMMETRIC, PD, PSD, LOWER, UPPER, DIAGONAL, ORTHOGONAL, IDENTITY, INVERTIBLE):
+    if prop in (SYMMETRIC, PD, PSD, LOWER, UPPER, DIAGONAL, ORTHOGONAL, IDENTITY, INVERTIBLE,
+                TRIDIAGONAL, LOWER_BIDIAGONAL, UPPER_BIDIAGONAL):
         if not square:
             return False
+    bands = {TRIDIAGONAL: (1, 1), LOWER_BIDIAGONAL: (1, 0), UPPER_BIDIAGONAL: (0, 1)}
+    if prop in bands:
+        return check_bandwidth(x, bands[prop], rtol)
     if prop == SYMMETRIC:
         return bool(np.abs(x - x.T).max() <= tol)
     if prop == LOWER:
@@ -355,3 +428,12 @@ def check_property(x: np.ndarray, prop: str, rtol: float = 1e-8) -> bool:
         s = np.linalg.svd(x, compute_uv=False)
         return bool(s.min() > 1e-9 * s.max()) if s.size else False
     raise ValueError(f"unknown property {prop!r}")
+
+
+def check_bandwidth(x: np.ndarray, band: Band, rtol: float = 1e-8) -> bool:
+    """Is every entry outside the band ``(lower, upper)`` (numerically) zero?"""
+    x = np.asarray(x, dtype=np.float64)
+    lo, up = band
+    tol = rtol * max(1.0, float(np.abs(x).max(initial=0))) * max(x.shape)
+    outside = np.tril(x, -lo - 1) + np.triu(x, up + 1)
+    return bool(np.abs(outside).max(initial=0) <= tol)

@@ -7,6 +7,13 @@ here is checked numerically on random instances by the tests.
 
 Conventions: ``positive_definite`` and ``positive_semidefinite`` include symmetry (SPD, SPSD);
 ``full_rank`` means rank = min(rows, cols); for a square matrix it is ``invertible``.
+
+Band structure: a matrix has bandwidth ``(lower, upper)`` when every entry more than ``lower``
+below or ``upper`` above the main diagonal is zero. ``tridiagonal`` is (1, 1),
+``lower_bidiagonal`` (1, 0) (and lower triangular), ``upper_bidiagonal`` (0, 1) (and upper
+triangular), ``diagonal`` (0, 0). An input may declare any band (``bandwidth = [l, u]`` in its
+problem file); :meth:`FactBase.bandwidth` gives the band of inputs, their transposes, scalar
+multiples, sums and products (see there for ``None``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ ORTHOGONAL = "orthogonal"
 IDENTITY = "identity"
 POSITIVE = "positive"
 NONZERO = "nonzero"
+TRIDIAGONAL = "tridiagonal"
+LOWER_BIDIAGONAL = "lower_bidiagonal"
+UPPER_BIDIAGONAL = "upper_bidiagonal"
 
 MATRIX_PROPERTIES = (
     SYMMETRIC,
@@ -53,11 +63,36 @@ MATRIX_PROPERTIES = (
     DIAGONAL,
     ORTHOGONAL,
     IDENTITY,
+    TRIDIAGONAL,
+    LOWER_BIDIAGONAL,
+    UPPER_BIDIAGONAL,
 )
 SCALAR_PROPERTIES = (POSITIVE, NONZERO)
 SQUARE_ONLY = frozenset(
-    {SYMMETRIC, PD, PSD, INVERTIBLE, LOWER, UPPER, DIAGONAL, ORTHOGONAL, IDENTITY}
+    {
+        SYMMETRIC,
+        PD,
+        PSD,
+        INVERTIBLE,
+        LOWER,
+        UPPER,
+        DIAGONAL,
+        ORTHOGONAL,
+        IDENTITY,
+        TRIDIAGONAL,
+        LOWER_BIDIAGONAL,
+        UPPER_BIDIAGONAL,
+    }
 )
+#: the band structure a property promises, (lower, upper); None: as wide as the matrix
+BANDED = {
+    DIAGONAL: (0, 0),
+    TRIDIAGONAL: (1, 1),
+    LOWER_BIDIAGONAL: (1, 0),
+    UPPER_BIDIAGONAL: (0, 1),
+    LOWER: (None, 0),
+    UPPER: (0, None),
+}
 
 ALIASES = {
     "spd": PD,
@@ -71,11 +106,16 @@ ALIASES = {
     "upper": UPPER,
     "lower triangular": LOWER,
     "upper triangular": UPPER,
+    "tridiag": TRIDIAGONAL,
+    "lower bidiagonal": LOWER_BIDIAGONAL,
+    "upper bidiagonal": UPPER_BIDIAGONAL,
 }
 
 _IMPLIES = {
     IDENTITY: {DIAGONAL, ORTHOGONAL, PD},
-    DIAGONAL: {SYMMETRIC, LOWER, UPPER},
+    DIAGONAL: {SYMMETRIC, LOWER, UPPER, LOWER_BIDIAGONAL, UPPER_BIDIAGONAL},
+    LOWER_BIDIAGONAL: {LOWER, TRIDIAGONAL},
+    UPPER_BIDIAGONAL: {UPPER, TRIDIAGONAL},
     PD: {SYMMETRIC, PSD, INVERTIBLE},
     PSD: {SYMMETRIC},
     ORTHOGONAL: {INVERTIBLE},
@@ -118,6 +158,12 @@ def close_facts(props: Iterable[str], square: bool) -> Facts:
         if LOWER in out and UPPER in out and DIAGONAL not in out:
             out.add(DIAGONAL)
             changed = True
+        if TRIDIAGONAL in out and LOWER in out and LOWER_BIDIAGONAL not in out:
+            out.add(LOWER_BIDIAGONAL)
+            changed = True
+        if TRIDIAGONAL in out and UPPER in out and UPPER_BIDIAGONAL not in out:
+            out.add(UPPER_BIDIAGONAL)
+            changed = True
         if square and FULL_RANK in out and INVERTIBLE not in out:
             out.add(INVERTIBLE)
             changed = True
@@ -158,6 +204,116 @@ def validate_properties(
     return close_facts(props, square)
 
 
+# -- band structure ------------------------------------------------------------------------
+
+#: a band (lower, upper): the numbers of sub- and superdiagonals that may be nonzero
+Band = tuple[int, int]
+#: a band while it is worked out: None is "as wide as the matrix" on that side
+_RawBand = tuple[int | None, int | None]
+
+
+def _raw_band(facts: Iterable[str]) -> _RawBand:
+    lo: int | None = None
+    up: int | None = None
+    for p in facts:
+        pl, pu = BANDED.get(p, (None, None))
+        if pl is not None:
+            lo = pl if lo is None else min(lo, pl)
+        if pu is not None:
+            up = pu if up is None else min(up, pu)
+    return lo, up
+
+
+def _clamp(band: _RawBand, rows: int | None, cols: int | None) -> Band | None:
+    """The band within a ``rows x cols`` matrix; None when it spans the whole matrix or a
+    side is unbounded and the size on that side is not known."""
+    lo, up = band
+    if lo is None and rows is not None:
+        lo = rows - 1
+    if up is None and cols is not None:
+        up = cols - 1
+    if lo is None or up is None:
+        return None
+    if rows is not None:
+        lo = min(lo, rows - 1)
+    if cols is not None:
+        up = min(up, cols - 1)
+    if rows is not None and cols is not None and lo >= rows - 1 and up >= cols - 1:
+        return None
+    return (lo, up)
+
+
+def bandwidth_of(
+    facts: Iterable[str], rows: int | None = None, cols: int | None = None
+) -> Band | None:
+    """The band that properties promise for a ``rows x cols`` matrix: ``diagonal`` (0, 0),
+    ``tridiagonal`` (1, 1), ``lower_bidiagonal`` (1, 0), ``upper_bidiagonal`` (0, 1),
+    ``lower_triangular`` (rows - 1, 0), ``upper_triangular`` (0, cols - 1), the narrowest
+    where several hold. None when they promise nothing narrower than the whole matrix (a
+    full matrix, or a triangular one of unknown size)."""
+    return _clamp(_raw_band(facts), rows, cols)
+
+
+def band_properties(band: Band, square: bool) -> set[str]:
+    """The properties a declared band gives a square matrix ([0, 0] is diagonal, [l, 0] lower
+    triangular, [1, 1] tridiagonal, ...); none for a non-square one."""
+    lo, up = band
+    if not square:
+        return set()
+    out: set[str] = set()
+    if up == 0:
+        out.add(LOWER)
+    if lo == 0:
+        out.add(UPPER)
+    if lo <= 1 and up <= 1:
+        out.add(TRIDIAGONAL)
+    return out
+
+
+def validate_bandwidth(
+    value: object, shape: tuple[int | None, int | None] | None, props: Iterable[str], where: str
+) -> Band:
+    """Check a declared ``bandwidth = [lower, upper]`` (``where`` names the field) against the
+    shape (sizes where known: ``None`` for a dimension without a value) and the declared
+    (closed) properties; return it as a tuple."""
+    if shape is None:
+        raise SpecError(f"{where}: a scalar has no bandwidth; remove the field")
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value)
+    ):
+        raise SpecError(
+            f"{where}: expected [lower, upper], two non-negative integers (the numbers of "
+            f"sub- and superdiagonals that may be nonzero: diagonal = [0, 0], tridiagonal = "
+            f"[1, 1], lower bidiagonal = [1, 0]), got {value!r}"
+        )
+    lo, up = int(value[0]), int(value[1])
+    rows, cols = shape
+    for side, n, size, what in ((lo, "lower", rows, "sub"), (up, "upper", cols, "super")):
+        if size is not None and side > max(size - 1, 0):
+            raise SpecError(
+                f"{where}: the {n} bandwidth {side} is more than the {max(size - 1, 0)} "
+                f"{what}diagonals of a {rows}x{cols} matrix; at most "
+                f"[{max((rows or 1) - 1, 0)}, {max((cols or 1) - 1, 0)}]"
+            )
+    props = set(props)
+    for p in sorted(props):
+        pl, pu = BANDED.get(p, (None, None))
+        if (pl is not None and lo > pl) or (pu is not None and up > pu):
+            allowed = f"[{'any' if pl is None else pl}, {'any' if pu is None else pu}]"
+            raise SpecError(
+                f"{where}: [{lo}, {up}] is wider than the input's property {p!r} allows "
+                f"(at most {allowed}); narrow the band or drop the property"
+            )
+    if SYMMETRIC in props and lo != up:
+        raise SpecError(
+            f"{where}: [{lo}, {up}]: a symmetric matrix has as many sub- as superdiagonals; "
+            f"use [{max(lo, up)}, {max(lo, up)}]"
+        )
+    return lo, up
+
+
 # -- inference ---------------------------------------------------------------------------
 
 
@@ -170,11 +326,24 @@ class FactBase:
     atoms: dict[sp.Basic, Facts] = field(default_factory=dict)
     extra: dict[sp.Basic, Facts] = field(default_factory=dict)
     dims: dict[sp.Symbol, int] = field(default_factory=dict)
+    #: declared bands of atoms (``bandwidth = [l, u]``), on top of what properties promise
+    bands: dict[sp.Basic, Band] = field(default_factory=dict)
     _cache: dict[sp.Basic, Facts] = field(default_factory=dict, repr=False)
     #: canonical forms by expression: shared sub-expressions (a DAG) are canonicalised once
     _canon: dict[sp.Basic, sp.Basic] = field(default_factory=dict, repr=False)
+    _band_cache: dict[sp.Basic, _RawBand] = field(default_factory=dict, repr=False)
 
-    def declare(self, atom: sp.Basic, props: Iterable[str]) -> None:
+    def declare(
+        self, atom: sp.Basic, props: Iterable[str], bandwidth: Band | None = None
+    ) -> None:
+        """Declare an atom's properties (closed here) and, optionally, its band (which adds
+        the properties it implies: [0, 0] diagonal, [l, 0] lower triangular, ...)."""
+        props = set(props)
+        if bandwidth is not None:
+            self.bands[atom] = (int(bandwidth[0]), int(bandwidth[1]))
+            props |= band_properties(self.bands[atom], _is_square(atom))
+        else:
+            self.bands.pop(atom, None)
         self.atoms[atom] = close_facts(props, _is_square(atom))
         self.clear_caches()
 
@@ -187,6 +356,7 @@ class FactBase:
         """Forget inferred facts and canonical forms (after a declaration or new dims)."""
         self._cache.clear()
         self._canon.clear()
+        self._band_cache.clear()
 
     def size(self, d: sp.Basic) -> int | None:
         try:
@@ -204,6 +374,63 @@ class FactBase:
 
     def has(self, expr: sp.Basic, prop: str) -> bool:
         return prop in self.facts(expr)
+
+    def bandwidth(self, expr: sp.Basic) -> Band | None:
+        """The band of a matrix expression: ``(lower, upper)``, the numbers of sub- and
+        superdiagonals that may be nonzero (every entry ``(i, j)`` with ``i - j > lower`` or
+        ``j - i > upper`` is zero).
+
+        Known for inputs (their declared ``bandwidth`` and what their properties promise:
+        diagonal (0, 0), tridiagonal (1, 1), lower bidiagonal (1, 0), upper bidiagonal (0, 1),
+        lower triangular (rows - 1, 0), upper triangular (0, cols - 1)), their transposes
+        (lower and upper swapped), nonzero scalar multiples, sums (the widest band of the
+        terms) and products (the bands added up), and for any expression whose inferred
+        properties promise one. Clamped to the concrete shape.
+
+        ``None`` means no band narrower than the whole matrix is known: a full matrix (a
+        matrix whose band spans all of it is reported as ``None``, so a caller may take any
+        tuple as "exploit the band"), or a triangular one whose size is not known to this
+        fact base (``dims``). Not for scalars."""
+        if not isinstance(expr, MatrixExpr):
+            raise TypeError(f"bandwidth of a scalar: {expr}")
+        rows, cols = self.size(expr.shape[0]), self.size(expr.shape[1])
+        return _clamp(self._band(expr), rows, cols)
+
+    def _band(self, expr: sp.Basic) -> _RawBand:
+        hit = self._band_cache.get(expr)
+        if hit is not None:
+            return hit
+        lo, up = _raw_band(self.facts(expr))
+        sl: int | None = None
+        su: int | None = None
+        if isinstance(expr, (Identity, ZeroMatrix)):
+            sl, su = 0, 0
+        elif isinstance(expr, MatrixSymbol):
+            sl, su = self.bands.get(expr, (None, None))
+        elif isinstance(expr, Transpose):
+            su, sl = self._band(expr.arg)
+        elif isinstance(expr, MatAdd):
+            bands = [self._band(t) for t in expr.args]
+            sl = None if any(b[0] is None for b in bands) else max(b[0] for b in bands)  # type: ignore[type-var]
+            su = None if any(b[1] is None for b in bands) else max(b[1] for b in bands)  # type: ignore[type-var]
+        elif isinstance(expr, (MatMul, MatPow)) and not (
+            isinstance(expr, MatPow) and not expr.exp.is_Integer
+        ):
+            _, mats = split_coeff(expr)
+            bands = [self._band(m) for m in mats]
+            if all(b[0] is not None for b in bands):
+                sl = sum(b[0] for b in bands)  # type: ignore[misc]
+            if all(b[1] is not None for b in bands):
+                su = sum(b[1] for b in bands)  # type: ignore[misc]
+        out = (_narrower(lo, sl), _narrower(up, su))
+        self._band_cache[expr] = out
+        return out
+
+
+def _narrower(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 def _is_square(e: sp.Basic) -> bool:
@@ -396,11 +623,9 @@ def _infer(expr: sp.Basic, fb: FactBase) -> Facts:
         return fb.atoms.get(expr, frozenset()) | extra
     if isinstance(expr, Transpose):
         f = fb.facts(expr.arg)
-        out = {p for p in f if p not in (LOWER, UPPER)}
-        if LOWER in f:
-            out.add(UPPER)
-        if UPPER in f:
-            out.add(LOWER)
+        swap = {LOWER: UPPER, UPPER: LOWER, LOWER_BIDIAGONAL: UPPER_BIDIAGONAL,
+                UPPER_BIDIAGONAL: LOWER_BIDIAGONAL}
+        out = {swap.get(p, p) for p in f}
         return close_facts(out | extra, square)
     if isinstance(expr, Inverse):
         f = fb.facts(expr.arg)
@@ -417,6 +642,9 @@ def _infer(expr: sp.Basic, fb: FactBase) -> Facts:
     return close_facts(extra, square)
 
 
+_BAND_PROPS = (TRIDIAGONAL, LOWER_BIDIAGONAL, UPPER_BIDIAGONAL)
+
+
 def _infer_sum(expr: MatAdd, fb: FactBase) -> set[str]:
     terms = []
     for t in expr.args:
@@ -424,7 +652,7 @@ def _infer_sum(expr: MatAdd, fb: FactBase) -> set[str]:
         m = _product(mats)
         terms.append((coeff, m, fb.facts(m)))
     out: set[str] = set()
-    for p in (SYMMETRIC, LOWER, UPPER, DIAGONAL):
+    for p in (SYMMETRIC, LOWER, UPPER, DIAGONAL, *_BAND_PROPS):
         if all(p in f for _, _, f in terms):
             out.add(p)
     if all(PSD in f and _scalar_sign(c, fb) > 0 for c, _, f in terms):
@@ -446,7 +674,7 @@ def _infer_product(expr: sp.Basic, fb: FactBase) -> set[str]:
         f = set(fb.facts(mats[0]))
         if coeff == 1:
             return f
-        keep = {SYMMETRIC, LOWER, UPPER, DIAGONAL}
+        keep = {SYMMETRIC, LOWER, UPPER, DIAGONAL, *_BAND_PROPS}
         out = {p for p in f if p in keep}
         if nonzero and FULL_RANK in f:
             out.add(FULL_RANK)
@@ -460,6 +688,10 @@ def _infer_product(expr: sp.Basic, fb: FactBase) -> set[str]:
     for p in (LOWER, UPPER, DIAGONAL):
         if all(p in f for f in fs):
             out.add(p)
+    # a banded matrix scaled by diagonal ones (rows, columns) keeps its band
+    banded = [f for f in fs if DIAGONAL not in f]
+    if len(banded) == 1:
+        out |= {p for p in banded[0] if p in _BAND_PROPS}
     if coeff == 1 and all(ORTHOGONAL in f for f in fs):
         out.add(ORTHOGONAL)
     if nonzero and square and all(INVERTIBLE in f for f in fs):

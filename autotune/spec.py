@@ -9,6 +9,21 @@ A problem file has these tables::
     [outputs]      x = "mu + Sigma*H.T*inv(S)*(H*mu - data)"
     [search]       the knobs that apply and their ranges (see autotune.space)
 
+Dimensions: a dimension defined as exactly another one (``m = "n"``) is an *alias*: the same
+dimension (one symbol, so ``A + B`` with A n x m and B n x n conforms), not a dimension of its
+own: it is listed in :attr:`Problem.aliases`, not in :attr:`Problem.dims`, has no knobs
+(``blocks.n`` blocks both) and cannot be set (``--dim m=...`` is an error that says to set n).
+
+Inputs: ``bandwidth = [lower, upper]`` declares a band (the numbers of sub- and superdiagonals
+that may be nonzero; diagonal = [0, 0], tridiagonal = [1, 1]); it is checked against the
+shape at the default sizes and against the declared properties.
+
+Outputs may use other outputs by name (``T = "S + C"``), as they use definitions.
+
+What the formulas imply is added to the declared properties: a matrix the formula inverts is
+invertible, and an invertible semidefinite one positive definite (:attr:`Problem.notes` says
+so, one sentence each; :func:`autotune.inverses.assume_invertible`).
+
 Every mistake raises :class:`SpecError` naming the file, the field and the valid choices.
 """
 
@@ -39,12 +54,20 @@ from .formula import (
     parse_formula,
     tree_size,
 )
-from .properties import FactBase, Facts, validate_properties
+from .properties import (
+    Band,
+    FactBase,
+    Facts,
+    band_properties,
+    close_facts,
+    validate_bandwidth,
+    validate_properties,
+)
 
 __all__ = ["Problem", "InputSpec", "load_problem", "parse_problem", "problem_names"]
 
 TOP_LEVEL = ("problem", "dims", "inputs", "definitions", "outputs", "search")
-INPUT_KEYS = ("shape", "properties", "description")
+INPUT_KEYS = ("shape", "properties", "bandwidth", "description")
 DTYPES = ("float64", "float32")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
 RESERVED = set(FUNCTIONS) | {"T"}  # T: the transpose suffix (X.T)
@@ -62,6 +85,7 @@ class InputSpec:
     shape: tuple[str | int, ...]  # () scalar, (r, c) matrix; dims by name or integer
     properties: tuple[str, ...]  # canonical, as declared (not closed)
     description: str = ""
+    bandwidth: Band | None = None  # (lower, upper) as declared, or None
 
     @property
     def is_scalar(self) -> bool:
@@ -83,6 +107,8 @@ class Problem:
     dtype: str = "float64"
     source: str = ""  # the spec text as written (stored in plans)
     origin: str = "<python>"  # file path or '<python>'
+    #: dimension aliases: a name defined as exactly another dimension -> that dimension
+    aliases: dict[str, str] = field(default_factory=dict)
 
     # -- identity ----------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -103,6 +129,15 @@ class Problem:
     def dim_symbols(self) -> dict[str, sp.Symbol]:
         return {d: sp.Symbol(d, integer=True, positive=True) for d in self.dims}
 
+    @cached_property
+    def dim_names(self) -> dict[str, sp.Symbol]:
+        """Every name a formula or shape may use for a dimension: the dimensions and their
+        aliases (an alias is its dimension's symbol)."""
+        out = dict(self.dim_symbols)
+        for alias, target in self.aliases.items():
+            out[alias] = self.dim_symbols[target]
+        return out
+
     @property
     def free_dims(self) -> list[str]:
         return [d for d, v in self.dims.items() if isinstance(v, int)]
@@ -111,6 +146,12 @@ class Problem:
         """Concrete values of every dimension, from defaults, formulas and ``overrides``."""
         overrides = dict(overrides or {})
         for name, value in overrides.items():
+            if name in self.aliases:
+                raise SpecError(
+                    f"{self.origin}: dimension {name} is another name for {self.aliases[name]} "
+                    f"(dims.{name} = {self.aliases[name]!r}: the same dimension); set "
+                    f"{self.aliases[name]} instead"
+                )
             if name not in self.dims:
                 raise SpecError(
                     f"{self.origin}: unknown dimension {name!r}; dimensions: "
@@ -143,7 +184,11 @@ class Problem:
                 )
             visiting.append(name)
             fn = parse_dim_formula(spec, f"{self.origin}: dims.{name}")
-            env = {d: value_of(d) for d in fn.names if d in self.dims}  # type: ignore[attr-defined]
+            env = {
+                d: value_of(self.aliases.get(d, d))
+                for d in fn.names  # type: ignore[attr-defined]
+                if d in self.dims or d in self.aliases
+            }
             visiting.pop()
             v = fn(env)
             if v < 1:
@@ -160,7 +205,7 @@ class Problem:
 
     # -- symbols -----------------------------------------------------------------------
     def _size(self, s: str | int) -> sp.Basic:
-        return sp.Integer(s) if isinstance(s, int) else self.dim_symbols[s]
+        return sp.Integer(s) if isinstance(s, int) else self.dim_names[s]
 
     @cached_property
     def symbols(self) -> dict[str, sp.Basic]:
@@ -174,19 +219,68 @@ class Problem:
         return out
 
     def facts(self, dims: Mapping[str, int] | None = None) -> FactBase:
-        """A fact base with the declared properties; ``dims`` (concrete) lets inference tell
-        wide from tall matrices."""
+        """A fact base with the declared properties and bands, and what the formulas imply
+        (an inverted matrix is invertible: :attr:`notes`); ``dims`` (concrete) lets inference
+        tell wide from tall matrices."""
+        return self._facts_and_inference(dims)[0]
+
+    def _facts_and_inference(self, dims: Mapping[str, int] | None = None) -> tuple[FactBase, Any]:
+        from .inverses import assume_invertible
+
         fb = FactBase()
         values = self.resolve_dims(dims)
         fb.dims = {self.dim_symbols[d]: v for d, v in values.items()}
         for name, spec in self.inputs.items():
-            fb.declare(self.symbols[name], spec.properties)
-        return fb
+            fb.declare(self.symbols[name], spec.properties, spec.bandwidth)
+        exprs = self.expressions
+        names: dict[sp.Basic, str] = {}
+        from .properties import canonical
+
+        for nm in (*self.outputs, *self.definitions):
+            names[canonical(exprs[nm], fb)] = nm
+        inference = assume_invertible([exprs[o] for o in self.outputs], fb, names)
+        return fb, inference
+
+    @cached_property
+    def inference(self) -> Any:
+        """What the formulas imply at the default sizes (an
+        :class:`autotune.inverses.Inference`: notes, inputs' gained facts, inputs drawn at
+        full rank)."""
+        return self._facts_and_inference()[1]
+
+    @property
+    def notes(self) -> list[str]:
+        """The reasoning behind inferred properties, one sentence each ("C is inverted, so it
+        is taken as positive definite ..."); printed when a run loads the problem."""
+        return list(self.inference.notes)
+
+    @property
+    def full_rank_inputs(self) -> set[str]:
+        """Semidefinite inputs that appear inside an inverted matrix: random instances draw
+        them at full rank."""
+        return {a.name for a in self.inference.full_rank}
 
     def declared(self, name: str) -> Facts:
+        """The input's properties, closed: as declared, with those its band implies and those
+        the formulas imply (an input the formula inverts is invertible; see :attr:`notes`)."""
         sym = self.symbols[name]
-        shape = None if self.inputs[name].is_scalar else sym.shape
-        return validate_properties(self.inputs[name].properties, shape, name)
+        spec = self.inputs[name]
+        shape = None if spec.is_scalar else sym.shape
+        facts = validate_properties(spec.properties, shape, name)
+        if spec.bandwidth is not None and shape is not None:
+            facts = close_facts(
+                facts | band_properties(spec.bandwidth, shape[0] == shape[1]),
+                shape[0] == shape[1],
+            )
+        gained = self.inference.atoms.get(sym)
+        if gained is not None:
+            facts = facts | gained
+        return facts
+
+    def bandwidth(self, name: str, dims: Mapping[str, int] | None = None) -> Band | None:
+        """The band of an input at these sizes (its declared ``bandwidth`` and what its
+        properties promise; :meth:`autotune.properties.FactBase.bandwidth`)."""
+        return self.facts(dims).bandwidth(self.symbols[name])
 
     @cached_property
     def expressions(self) -> dict[str, sp.Basic]:
@@ -206,6 +300,7 @@ class Problem:
         """What the parsed formulas depend on: dims, input names and shapes, the formulas."""
         return (
             tuple(self.dims),
+            tuple(self.aliases.items()),
             tuple((n, s.shape) for n, s in self.inputs.items()),
             tuple(self.definitions.items()),
             tuple(self.outputs.items()),
@@ -478,6 +573,16 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
                         f"{', '.join(data.get('dims', {}))}"
                     )
         dims[dname] = value
+    aliases = _dim_aliases(dims, origin)
+    dims = {d: v for d, v in dims.items() if d not in aliases}
+    # the sizes at the defaults, to check bandwidths against (errors in dims surface here)
+    default_sizes = Problem(
+        name=name, description="", dims=dims, inputs={}, definitions={}, outputs={},
+        origin=origin, aliases=aliases,
+    ).resolve_dims()
+    for alias, target in aliases.items():
+        default_sizes[alias] = default_sizes[target]
+    all_dims = {**dims, **{a: dims[t] for a, t in aliases.items()}}
 
     inputs: dict[str, InputSpec] = {}
     raw_inputs = _expect_table(data.get("inputs", {}), f"{origin}: [inputs]")
@@ -486,7 +591,7 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
     for iname, spec in raw_inputs.items():
         where = f"{origin}: inputs.{iname}"
         _check_name(iname, where)
-        if iname in dims:
+        if iname in all_dims:
             raise SpecError(f"{where}: the name {iname!r} is already a dimension")
         spec = _expect_table(spec, where)
         for key in spec:
@@ -496,7 +601,7 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
                 )
         if "shape" not in spec:
             raise SpecError(f"{where}: missing field 'shape' (e.g. shape = [\"n\", \"n\"])")
-        shape = _parse_shape(spec["shape"], dims, where)
+        shape = _parse_shape(spec["shape"], all_dims, where)
         props = spec.get("properties", [])
         if isinstance(props, str):
             props = [props]
@@ -510,14 +615,20 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
         desc = spec.get("description", "")
         if not isinstance(desc, str):
             raise SpecError(f"{where}.description must be a string")
-        inputs[iname] = InputSpec(iname, shape, declared, desc)
+        band: Band | None = None
+        if "bandwidth" in spec:
+            sizes = None if not shape else tuple(
+                s if isinstance(s, int) else default_sizes[s] for s in shape
+            )
+            band = validate_bandwidth(spec["bandwidth"], sizes, closed, f"{where}.bandwidth")  # type: ignore[arg-type]
+        inputs[iname] = InputSpec(iname, shape, declared, desc, band)
 
     definitions = _formula_table(data.get("definitions", {}), f"{origin}: [definitions]")
     outputs = _formula_table(data.get("outputs", {}), f"{origin}: [outputs]")
     if not outputs:
         raise SpecError(f"{origin}: [outputs] is empty; give at least one output formula")
     for nm in list(definitions) + list(outputs):
-        if nm in inputs or nm in dims:
+        if nm in inputs or nm in all_dims:
             raise SpecError(f"{origin}: {nm!r} is defined twice (as an input or dimension too)")
     for nm in definitions:
         if nm in outputs:
@@ -535,6 +646,7 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
         dtype=dtype,
         source=text,
         origin=origin,
+        aliases=aliases,
     )
     from .knobs import validate_search  # late import: space depends on spec
 
@@ -548,6 +660,31 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
             "[definitions]"
         ) from None
     return problem
+
+
+def _dim_aliases(dims: Mapping[str, int | str], origin: str) -> dict[str, str]:
+    """Dimensions defined as exactly another dimension (``m = "n"``, or ``"(n)"``) -> the
+    dimension they are (followed through chains: ``p = "m"`` with ``m = "n"`` is n)."""
+    direct: dict[str, str] = {}
+    for d, v in dims.items():
+        if isinstance(v, str):
+            ref = v.strip()
+            while ref.startswith("(") and ref.endswith(")"):
+                ref = ref[1:-1].strip()
+            if ref in dims:
+                direct[d] = ref
+    out: dict[str, str] = {}
+    for d in direct:
+        chain = [d]
+        target = direct[d]
+        while target in direct:
+            if target in chain:
+                cycle = " -> ".join(chain[chain.index(target) :] + [target])
+                raise SpecError(f"{origin}: dims: cyclic definition {cycle}")
+            chain.append(target)
+            target = direct[target]
+        out[d] = target
+    return out
 
 
 def _canonical_list(props: list[Any], where: str) -> list[str]:
@@ -609,12 +746,20 @@ def _parse_formulas(problem: Problem) -> dict[str, sp.Basic]:
     done: dict[str, sp.Basic] = {}
     stack: list[str] = []
 
+    def cyclic(nm: str, cycle: list[str]) -> SpecError:
+        outs = [n for n in dict.fromkeys(cycle) if n in problem.outputs]
+        who = ""
+        if len(outs) > 1:
+            who = f" (outputs {', '.join(outs)} use each other)"
+        elif outs and len(cycle) == 2:
+            who = f" (output {outs[0]} uses itself)"
+        return SpecError(f"{where_of[nm]}: cyclic definition {' -> '.join(cycle)}{who}")
+
     def build(nm: str) -> sp.Basic:
         if nm in done:
             return done[nm]
         if nm in stack:
-            cycle = " -> ".join(stack[stack.index(nm) :] + [nm])
-            raise SpecError(f"{where_of[nm]}: cyclic definition {cycle}")
+            raise cyclic(nm, stack[stack.index(nm) :] + [nm])
         if len(stack) >= MAX_CHAIN:
             raise SpecError(
                 f"{where_of[nm]}: definitions refer to each other more than {MAX_CHAIN} deep "
@@ -623,18 +768,11 @@ def _parse_formulas(problem: Problem) -> dict[str, sp.Basic]:
         stack.append(nm)
         env = dict(names)
         for ref in formula_names(formulas[nm], where_of[nm]):
-            if ref in problem.outputs and ref != nm:
-                raise SpecError(
-                    f"{where_of[nm]}: refers to output {ref!r}; move the shared part to "
-                    "[definitions]"
-                )
             if ref in formulas and ref != nm:
                 env[ref] = build(ref)
             elif ref == nm:
-                stack.append(nm)
-                cycle = " -> ".join(stack[stack.index(nm) :])
-                raise SpecError(f"{where_of[nm]}: cyclic definition {cycle}")
-        expr = parse_formula(formulas[nm], env, problem.dim_symbols, where_of[nm])
+                raise cyclic(nm, [nm, nm])
+        expr = parse_formula(formulas[nm], env, problem.dim_names, where_of[nm])
         stack.pop()
         done[nm] = expr
         return expr

