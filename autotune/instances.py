@@ -6,7 +6,8 @@ banded: zeros outside the band and a diagonal that dominates its row), so that a
 measure the algorithm, not an ill-posed instance. A semidefinite input is drawn at half rank
 (singular), except where the formula inverts it or a matrix it is part of
 (:attr:`autotune.spec.Problem.full_rank_inputs`): there it is drawn positive definite, as the
-covariance a user inverts is.
+covariance a user inverts is. A banded semidefinite input is drawn definite (diagonally
+dominant) too.
 
 Before anything is allocated, :func:`check_fits` compares :func:`estimate_bytes` (the inputs,
 the outputs and the float64 reference, from the shapes) with the memory this machine has

@@ -121,7 +121,7 @@ def assume_invertible(
     innermost first. Nothing is registered where the facts already say it. ``names`` (by
     canonical form) name sub-expressions in the notes (definitions and outputs); others are
     printed by SymPy."""
-    names = names or {}
+    names = {} if names is None else names
     out = Inference()
     declared = {a: f for a, f in fb.atoms.items()}
     seen: set[sp.Basic] = set()

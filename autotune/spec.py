@@ -34,7 +34,7 @@ import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -233,11 +233,7 @@ class Problem:
         for name, spec in self.inputs.items():
             fb.declare(self.symbols[name], spec.properties, spec.bandwidth)
         exprs = self.expressions
-        names: dict[sp.Basic, str] = {}
-        from .properties import canonical
-
-        for nm in (*self.outputs, *self.definitions):
-            names[canonical(exprs[nm], fb)] = nm
+        names = _Names([(nm, exprs[nm]) for nm in (*self.definitions, *self.outputs)], fb)
         inference = assume_invertible([exprs[o] for o in self.outputs], fb, names)
         return fb, inference
 
@@ -398,6 +394,32 @@ class Problem:
 
             text += "\n" + tomli_w.dumps({"search": dict(search)})
         return parse_problem(text, origin=f"<from_sympy:{name}>")
+
+
+class _Names(Mapping[sp.Basic, str]):
+    """Definition and output names by canonical form, worked out when a note needs one."""
+
+    def __init__(self, named: list[tuple[str, sp.Basic]], fb: FactBase) -> None:
+        self._named, self._fb = named, fb
+        self._map: dict[sp.Basic, str] | None = None
+
+    def _get_map(self) -> dict[sp.Basic, str]:
+        if self._map is None:
+            from .properties import canonical
+
+            self._map = {}
+            for nm, e in self._named:
+                self._map.setdefault(canonical(e, self._fb), nm)
+        return self._map
+
+    def __getitem__(self, key: sp.Basic) -> str:
+        return self._get_map()[key]
+
+    def __iter__(self) -> Iterator[sp.Basic]:
+        return iter(self._get_map())
+
+    def __len__(self) -> int:
+        return len(self._get_map())
 
 
 def _dim_text(s: sp.Basic) -> str:
