@@ -1,10 +1,15 @@
 """The matrices a formula inverts, and their solver labels (pure expression traversal).
 
 :func:`inverse_labels` names every distinct inverted sub-expression of a problem: the name
-of the definition it equals, else ``inv1``, ``inv2``, ... The knob space (one ``solver.*``
-knob per label), the derivation and the blocking read it; it depends on nothing but the
-property inference, so the problem parser can validate a ``[search]`` table without an
-import cycle.
+of the definition (else the output) it equals, else ``inv1``, ``inv2``, ... The knob space
+(one ``solver.*`` knob per label), the derivation and the blocking read it; it depends on
+nothing but the property inference, so the problem parser can validate a ``[search]`` table
+without an import cycle.
+
+:func:`assume_invertible` draws the conclusions an expert draws from an inverse: the inverted
+matrix is invertible (and so are the square factors of an inverted product), and an invertible
+semidefinite matrix is positive definite. :meth:`autotune.spec.Problem.facts` applies it to
+every problem; :attr:`autotune.spec.Problem.notes` keeps the reasoning.
 """
 
 from __future__ import annotations

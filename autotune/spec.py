@@ -149,8 +149,8 @@ class Problem:
             if name in self.aliases:
                 raise SpecError(
                     f"{self.origin}: dimension {name} is another name for {self.aliases[name]} "
-                    f"(dims.{name} = {self.aliases[name]!r}: the same dimension); set "
-                    f"{self.aliases[name]} instead"
+                    f"(an alias in [dims]: the same dimension); set {self.aliases[name]} "
+                    "instead"
                 )
             if name not in self.dims:
                 raise SpecError(
@@ -630,7 +630,7 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
         if not isinstance(props, list):
             raise SpecError(f"{where}.properties: expected a list of property names")
         sym_shape = None if not shape else tuple(
-            sp.Integer(s) if isinstance(s, int) else sp.Symbol(s) for s in shape
+            sp.Integer(s) if isinstance(s, int) else sp.Symbol(aliases.get(s, s)) for s in shape
         )
         closed = validate_properties(props, sym_shape, f"{where}.properties")  # type: ignore[arg-type]
         declared = tuple(p for p in _canonical_list(props, f"{where}.properties") if p in closed)

@@ -301,7 +301,7 @@ k = "m // 2"
 
 [inputs]
 A = { shape = ["n", "m"] }
-B = { shape = ["n", "n"], properties = ["positive_definite"] }
+B = { shape = ["n", "m"], properties = ["positive_definite"] }
 E = { shape = ["p", "k"] }
 
 [outputs]
