@@ -13,6 +13,7 @@ from sympy.matrices.expressions import MatrixExpr, MatrixSymbol
 
 from autotune.errors import SpecError
 from autotune.instances import check_property, random_instance
+from autotune.properties import validate_properties
 from autotune.reference import evaluate_reference
 from autotune.spec import Problem, load_problem, parse_problem, problem_names
 
@@ -679,3 +680,28 @@ def test_from_sympy_refuses_text_instead_of_expressions():
         Problem.from_sympy({"x": "__import__('os').system('true')"}, dims={n: 4})
     p = Problem.from_sympy({"x": a.T * a}, {a: ["invertible"]}, dims={n: 4})
     assert p.shape_of("x", p.resolve_dims()) == (4, 4)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_problems_need_no_inference(name):
+    """Every matrix the shipped problems invert is definite as declared: the inference adds
+    nothing, so their derivations and stored plans are unchanged."""
+    p = load_problem(name)
+    assert p.notes == [] and p.full_rank_inputs == set() and p.aliases == {}
+    for nm, spec in p.inputs.items():
+        shape = None if spec.is_scalar else p.symbols[nm].shape
+        assert p.declared(nm) == validate_properties(spec.properties, shape, nm)
+
+
+def test_bandwidth_and_alias_parse():
+    p = parse_problem(
+        '[dims]\nn = 5\nm = "n"\n[inputs]\n'
+        'B = { shape = ["n", "m"], bandwidth = [1, 0], properties = ["invertible"] }\n'
+        'v = { shape = ["m"] }\n[outputs]\ny = "B*v"\n',
+        origin="band.toml",
+    )
+    assert p.inputs["B"].bandwidth == (1, 0)
+    assert p.inputs["B"].shape == ("n", "m")  # as written
+    assert {"lower_bidiagonal", "lower_triangular", "invertible"} <= p.declared("B")
+    assert p.bandwidth("B") == (1, 0) and p.bandwidth("B", {"n": 1}) is None
+    assert p.shape_of("y", {"n": 7}) == (7, 1)
