@@ -2,6 +2,10 @@
 
 What the builder does, in the order a formula meets it:
 
+* rewrite rules (:mod:`autotune.rules`, unblocked candidates): partial access pushed to the
+  operands, and the cheapest of the alternatives the rules offer (distributivity both ways),
+  each costed by deriving the whole program (``rewrite`` knob: the cheapest, as written, or
+  the r-th cheapest);
 * block partitions (:mod:`autotune.blocking`), then, per block expression,
 * chains: every matrix product is a chain of factors whose parenthesization is chosen by the
   ``order`` knob: the FLOP-optimal one (dynamic programming, aware of what is already
@@ -13,6 +17,12 @@ What the builder does, in the order a formula meets it:
 * ``cholesky_split`` writes ``inv(S) = inv(L).T * inv(L)`` so that ``B.T*inv(S)*B`` becomes
   ``W.T*W`` with ``W = inv(L)*B``: a triangular solve and a symmetric rank-k update, and
   ``W`` is shared by every output that needs it (the Kalman filter's two outputs);
+* a product with a structured factor calls the kernel its structure allows (from the
+  kernel registry's costs): a diagonal factor is a scaling (``diag_mul``), a narrow banded
+  one (tridiagonal, bidiagonal, a declared ``bandwidth``) a product diagonal by diagonal
+  (``band_mul``), a triangular one TRMM; ``X*X.T`` and ``X.T*X`` are SYRK wherever ``X`` is
+  computed once (``(A.T*B).T*(A.T*B)``, ``B.T*A*A.T*B``); scalar coefficients of scalar
+  inputs (``(k - 1)``, ``1/(lam + mu)``) are computed once as a ``scalar`` step;
 * common subexpressions are shared by canonical form, including transposed reuse
   (``H*Sigma`` serves as ``(Sigma*H.T).T`` when Sigma is symmetric) and sub-chains that only
   appear after reassociation.
@@ -27,6 +37,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import sympy as sp
 from sympy.matrices.expressions import (
     Identity,
@@ -35,6 +46,7 @@ from sympy.matrices.expressions import (
     MatMul,
     MatPow,
     MatrixExpr,
+    MatrixSlice,
     MatrixSymbol,
     Transpose,
     ZeroMatrix,
@@ -43,6 +55,7 @@ from sympy.matrices.expressions import (
 from .blocking import Blocked, block_problem, inverse_labels
 from .errors import DerivationError, KnobError
 from .formula import MAX_FACTORS
+from .kernels.registry import KERNELS
 from .knobs import normalize_knobs, solver_choices
 from .program import Program, Step
 from .properties import (
@@ -55,6 +68,7 @@ from .properties import (
     canonical,
     split_coeff,
 )
+from .rules import variants
 from .spec import Problem
 
 __all__ = ["derive", "block_sizes"]
@@ -127,7 +141,8 @@ def _derive_cached(problem: Problem, knobs_t: tuple, values_t: tuple) -> Program
     for name, v in env.items():
         fb.dims[sp.Symbol(name, integer=True, positive=True)] = v
     fb.clear_caches()
-    builder = _Builder(problem, knobs, fb, blocked)
+    exprs = _rewritten_outputs(problem, knobs, fb) if blocked is None else None
+    builder = _Builder(problem, knobs, fb, blocked, exprs)
     program = builder.build()
     return Program(
         program.steps,
@@ -136,6 +151,37 @@ def _derive_cached(problem: Problem, knobs_t: tuple, values_t: tuple) -> Program
         sizes,
         {"knobs": knobs, "blocks": blocks},
     )
+
+
+def _rewritten_outputs(problem: Problem, knobs: Mapping[str, Any], fb: FactBase
+                       ) -> dict[str, sp.Basic]:
+    """Each output's expression after the rewrite rules (:mod:`autotune.rules`): as written
+    (``rewrite = "as_written"``), or the cheapest of the variants the rules offer (the r-th
+    cheapest for ``rewrite = r``), costed by deriving the whole program with the other
+    outputs' current choice, so that what an output shares with the others counts. A tie
+    keeps the form as written."""
+    exprs = {n: problem.expressions[n] for n in problem.outputs}
+    choice = knobs.get("rewrite", "cheapest")
+    if choice == "as_written":
+        return exprs
+    rank = 0 if choice == "cheapest" else int(choice)
+    options = {n: variants(e, fb) for n, e in exprs.items()}
+    chosen = {n: opts[0] for n, opts in options.items()}
+    dims = {str(d): v for d, v in fb.dims.items()}
+    for name, opts in options.items():
+        if len(opts) == 1:
+            continue
+        costs: list[tuple[float, int]] = []
+        for k, option in enumerate(opts):
+            try:
+                program = _Builder(problem, knobs, fb, None, {**chosen, name: option}).build()
+            except DerivationError:
+                continue
+            costs.append((program.flops(dims), k))
+        if costs:
+            costs.sort()
+            chosen[name] = opts[costs[min(rank, len(costs) - 1)][1]]
+    return chosen
 
 
 #: kernels that form the inverse explicitly (an ``inv``/``spd_inv`` step), not a solve
@@ -153,9 +199,11 @@ class _Tree:
 
 class _Builder:
     def __init__(
-        self, problem: Problem, knobs: Mapping[str, Any], fb: FactBase, blocked: Blocked | None
+        self, problem: Problem, knobs: Mapping[str, Any], fb: FactBase, blocked: Blocked | None,
+        exprs: Mapping[str, sp.Basic] | None = None,
     ) -> None:
         self.problem = problem
+        self.exprs = exprs if exprs is not None else problem.expressions
         self.knobs = knobs
         self.fb = fb
         self.blocked = blocked
@@ -216,7 +264,7 @@ class _Builder:
         outputs: dict[str, int] = {}
         if self.blocked is None:
             for name in problem.outputs:
-                outputs[name] = self.emit(problem.expressions[name])
+                outputs[name] = self.emit(self.exprs[name])
             return Program(tuple(self.steps), self.inputs, outputs)
         b = self.blocked
         for block, (name, i, j) in b.slices.items():
@@ -315,6 +363,8 @@ class _Builder:
             if SYMMETRIC in self.fb.facts(e.arg):
                 return inner
             return self.transpose(inner)
+        if isinstance(e, MatrixSlice):
+            return self.emit_slice(e)
         if isinstance(e, Inverse):
             if isinstance(e.arg, ZeroMatrix):
                 raise DerivationError(f"{_label(e)}: the inverse of a zero block is singular")
@@ -326,6 +376,21 @@ class _Builder:
             step = self.chain(self.leaves(mats), _label(e))
             return self.scale(step, coeff, e)
         raise DerivationError(f"cannot derive {e} ({type(e).__name__})")
+
+    def emit_slice(self, e: MatrixSlice) -> int:
+        """A part of a value (a view): rows and columns as dimension formulas."""
+        bounds = []
+        for (start, stop, step), size in zip((e.rowslice, e.colslice), e.parent.shape,
+                                             strict=True):
+            if step != 1:
+                raise DerivationError(f"{_label(e)}: slices with a step are not supported")
+            lo, hi, n = self.size(start), self.size(stop), self.size(size)
+            if not 0 <= lo < hi <= n:
+                raise DerivationError(f"{_label(e)}: index range {lo}:{hi} is outside "
+                                      f"0:{n} at these sizes")
+            bounds.append((_dim_text(start), _dim_text(stop)))
+        return self.add("slice", (self.emit(e.parent),), e.shape, _label(e),
+                        rows=bounds[0], cols=bounds[1])
 
     def scale(self, step: int, coeff: sp.Basic, e: sp.Basic) -> int:
         if coeff == 1:
@@ -342,12 +407,41 @@ class _Builder:
             elif isinstance(base, sp.Symbol) and base in self.bound and exp.is_Integer:
                 scalars.append(self.bound[base])
                 powers.append(int(exp))
-            else:
-                raise DerivationError(f"unsupported scalar factor {factor} in {e}")
+            else:  # (k - 1), 1/(lam + mu): computed once, as a scalar step
+                scalars.append(self.scalar(factor, e))
+                powers.append(1)
         return self.add(
             "scale", (step, *scalars), self.shape_of(step), _label(e),
             coeff=float(number), powers=tuple(powers),
         )
+
+    def scalar(self, x: sp.Basic, e: sp.Basic) -> int:
+        """A step computing the scalar expression ``x`` of scalar inputs."""
+        operands: list[int] = []
+
+        def tree(y: sp.Basic) -> tuple:
+            if y.is_number:
+                value = complex(y)
+                if value.imag or not np.isfinite(value.real):
+                    raise DerivationError(f"scalar {y} in {_label(e)} is not a finite real")
+                return ("num", value.real)
+            if isinstance(y, sp.Symbol):
+                if y not in self.bound:
+                    raise DerivationError(f"unknown scalar {y} in {_label(e)}")
+                if self.bound[y] not in operands:
+                    operands.append(self.bound[y])
+                return ("arg", operands.index(self.bound[y]))
+            if isinstance(y, sp.Add):
+                return ("add", *(tree(a) for a in y.args))
+            if isinstance(y, sp.Mul):
+                return ("mul", *(tree(a) for a in y.args))
+            if isinstance(y, sp.Pow) and y.exp.is_number:
+                return ("pow", tree(y.base), float(y.exp))
+            raise DerivationError(f"unsupported scalar expression {y} in {_label(e)}; scalars "
+                                  "may be added, multiplied, divided and raised to a number")
+
+        t = tree(x)
+        return self.add("scalar", tuple(operands), (1, 1), str(x), expr=t)
 
     def emit_sum(self, e: MatAdd) -> int:
         terms = [split_coeff(t) for t in e.args]
@@ -508,6 +602,45 @@ class _Builder:
         assume = {"solve_pos": "pos", "sym": "sym"}.get(k, "gen")
         return self.add("solve", (self.emit(x), rhs), shape, label, assume_a=assume)
 
+    # -- products with a structured operand ---------------------------------------------------
+    def structure(self, leaf: sp.Basic) -> _Structure | None:
+        """The structure a product kernel can exploit in a chain factor: a diagonal, a banded
+        (narrow band: tridiagonal, bidiagonal, a declared ``bandwidth``) or a triangular
+        matrix (an input, a factor or its transpose); None for a dense one."""
+        if isinstance(leaf, (Inverse, Identity, ZeroMatrix)) or not isinstance(
+            leaf, (MatrixSymbol, Transpose)
+        ):
+            return None
+        base, trans = (leaf.arg, True) if isinstance(leaf, Transpose) else (leaf, False)
+        if not isinstance(base, MatrixSymbol) or base.shape[0] != base.shape[1]:
+            return None
+        facts = self.fb.facts(base)
+        if DIAGONAL in facts:
+            return _Structure("diagonal", base, True, trans)
+        band = self.fb.bandwidth(leaf)
+        n = self.size(base.shape[0])
+        if band is not None and sum(band) + 1 < n / 2:  # under half a triangle's work
+            return _Structure("banded", base, True, trans, band)
+        if (LOWER in facts) != (UPPER in facts):
+            return _Structure("triangular", base, LOWER in facts, trans)
+        return None
+
+    def structured_product(self, left: _Structure | None, right: _Structure | None, a: int,
+                           b: int, shape: tuple[Any, Any], text: str) -> int:
+        """``a @ b`` where a structured operand (``left`` for ``a``, else ``right`` for
+        ``b``) makes it a scaling (diagonal) or a triangular product (TRMM)."""
+        st, side, other = (left, "left", b) if left is not None else (right, "right", a)
+        assert st is not None
+        base = self.emit(st.base)
+        if st.kind == "diagonal":
+            return self.add("diag_mul", (base, other), shape, text, side=side)
+        if st.kind == "banded":
+            matrix = self.transpose(base) if st.trans else base
+            return self.add("band_mul", (matrix, other), shape, text, lower=st.band[0],
+                            upper=st.band[1], side=side)
+        return self.add("trmm", (base, other), shape, text, lower=st.lower, trans=st.trans,
+                        side=side, alpha=1.0)
+
     # -- chains --------------------------------------------------------------------------------
     def chain(self, leaves: list[sp.Basic], label: str) -> int:
         n = len(leaves)
@@ -557,6 +690,8 @@ class _Builder:
                                and self.structurally_symmetric(expr(i, j)))
             return sym[(i, j)]
 
+        structured = [self.structure(m) for m in leaves]
+
         def combine_cost(i: int, s: int, j: int) -> float:
             lv = i == s and virtual[i]
             rv = s + 1 == j and virtual[j]
@@ -568,6 +703,11 @@ class _Builder:
                 return self.solve_cost(leaves[i].arg, cols[j])
             if rv:
                 return self.solve_cost(leaves[j].arg, rows[i])
+            shapes = ((rows[i], cols[s]), (cols[s], cols[j]))
+            if i == s and structured[i] is not None:
+                return _structured_cost(structured[i], shapes, "left")
+            if s + 1 == j and structured[j] is not None:
+                return _structured_cost(structured[j], shapes, "right")
             if symmetric(i, j):
                 return float(rows[i] * (rows[i] + 1) * cols[s])
             return 2.0 * rows[i] * cols[s] * cols[j]
@@ -618,15 +758,45 @@ class _Builder:
         else:
             a = self.emit_tree(t.left, leaves, virtual, label)
             b = self.emit_tree(t.right, leaves, virtual, label)
-            sa = self.steps[a]
+            sa, sb = self.steps[a], self.steps[b]
+            left = self.structure(leaves[t.i]) if t.left.i == t.left.j else None
+            right = self.structure(leaves[t.j]) if t.right.i == t.right.j else None
             if self.knobs["syrk"] and sa.op == "transpose" and sa.args[0] == b:
                 step = self.add("syrk", (b,), shape, text, alpha=1.0, beta=0.0)
+            elif self.knobs["syrk"] and sb.op == "transpose" and sb.args[0] == a:
+                # X @ X.T = (X.T).T @ (X.T): the rank-k update of X.T (a view)
+                step = self.add("syrk", (b,), shape, text, alpha=1.0, beta=0.0)
+            elif left is not None or right is not None:
+                step = self.structured_product(left, right, a, b, shape, text)
             elif (self.knobs.get("symprod") and self.size(shape[0]) == self.size(shape[1])
                   and self.structurally_symmetric(e)):
                 step = self.add("symprod", (a, b), shape, text, alpha=1.0, beta=0.0)
             else:
                 step = self.add("matmul", (a, b), shape, text)
         return self.remember(e, step)
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """A chain factor's exploitable structure: ``kind`` 'diagonal' or 'triangular', the
+    square matrix ``base`` it is (transposed when ``trans``), lower or upper."""
+
+    kind: str
+    base: MatrixSymbol
+    lower: bool
+    trans: bool
+    band: tuple[int, int] = (0, 0)  # the factor's (lower, upper) band, for 'banded'
+
+
+_STRUCTURED_KERNELS = {"diagonal": "diag_mul", "triangular": "trmm", "banded": "band_mul"}
+
+
+def _structured_cost(st: _Structure, shapes: tuple[tuple[int, int], ...], side: str) -> float:
+    """FLOPs of a product with a structured operand on ``side``, from the kernel registry."""
+    (m, _), (_, n) = shapes
+    square, other = (shapes[0], shapes[1]) if side == "left" else (shapes[1], shapes[0])
+    attrs = {"side": side, "lower": st.band[0], "upper": st.band[1]}
+    return KERNELS[_STRUCTURED_KERNELS[st.kind]].cost((square, other), (m, n), attrs)
 
 
 def _label(e: sp.Basic, limit: int = 80) -> str:
@@ -667,6 +837,11 @@ def _label(e: sp.Basic, limit: int = 80) -> str:
     walk(e)
     text = "".join(out)
     return text if size[0] <= limit else text[:limit] + "..."
+
+
+def _dim_text(x: sp.Basic) -> str:
+    """A slice bound as a dimension formula (``0``, ``n``, ``n - 1``)."""
+    return str(x)
 
 
 def _transpose(x: sp.Basic) -> sp.Basic:

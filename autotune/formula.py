@@ -35,7 +35,7 @@ from fractions import Fraction
 from typing import Any
 
 import sympy as sp
-from sympy.matrices.expressions import MatrixExpr, ZeroMatrix
+from sympy.matrices.expressions import MatrixExpr, MatrixSlice, ZeroMatrix
 
 from .errors import SpecError
 
@@ -59,7 +59,7 @@ _TOKEN_RE = re.compile(
   | (?P<number>\d+\.\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|\d+(?:[eE][+-]?\d+)?)
   | (?P<dotT>\.T\b)
   | (?P<name>[A-Za-z_][A-Za-z_0-9]*)
-  | (?P<op>//|[-+*/@(),'])
+  | (?P<op>//|[-+*/@(),'\[\]:])
 """,
     re.VERBOSE | re.ASCII,  # ASCII: no Unicode digits (int('\u0661') == 1) or spaces
 )
@@ -308,12 +308,60 @@ class _Parser:
 
     def postfix(self) -> sp.Basic:
         e = self.atom()
-        while self.tok.kind == "dotT" or self.tok.text == "'":
+        while self.tok.kind == "dotT" or self.tok.text in ("'", "["):
+            if self.tok.text == "[":
+                e = self.index(e)
+                continue
             pos = self.advance().pos
             if isinstance(e, MatrixExpr):
                 self.check_size(pos, e)
                 e = e.T
         return e
+
+    def index(self, e: sp.Basic) -> sp.Basic:
+        """``X[i, j]`` (an entry, as a 1x1 matrix), ``X[i, :]`` (a row), ``X[:, j]`` (a
+        column), ``X[a:b, c:d]`` (a block): 0-based, stop excluded, bounds are non-negative
+        integers or dimension names."""
+        pos = self.expect("[").pos
+        if not isinstance(e, MatrixExpr):
+            raise self.err(pos, "only a matrix can be indexed (X[i, j], X[i, :], X[:, j])")
+        rows = self.index_range(e.shape[0])
+        self.expect(",")
+        cols = self.index_range(e.shape[1])
+        self.expect("]")
+        self.check_size(pos, e)
+        for (start, stop, _), size in zip((rows, cols), e.shape, strict=True):
+            if (stop.is_Integer and size.is_Integer and stop > size) or (
+                    start.is_Integer and size.is_Integer and start >= size):
+                raise self.err(pos, f"index range {start}:{stop} is outside 0:{size}")
+        # built directly: SymPy's constructor compares the bounds symbolically (its relational
+        # machinery runs code of its own); they are checked here and at derivation instead
+        return sp.Basic.__new__(MatrixSlice, e, sp.Tuple(*rows), sp.Tuple(*cols))
+
+    def index_range(self, size: sp.Basic) -> tuple[sp.Basic, sp.Basic, sp.Basic]:
+        start = self.index_bound(sp.Integer(0))
+        if self.tok.text != ":":
+            if self.tok.text not in (",", "]"):
+                raise self.err(self.tok.pos, "expected ',', ':' or ']' in an index")
+            return (start, start + 1, sp.Integer(1))
+        self.advance()
+        stop = self.index_bound(size)
+        if stop.is_Integer and start.is_Integer and stop <= start:
+            raise self.err(self.tok.pos, f"empty index range {start}:{stop}")
+        return (start, stop, sp.Integer(1))
+
+    def index_bound(self, default: sp.Basic) -> sp.Basic:
+        t = self.tok
+        if t.kind == "number" and re.fullmatch(r"\d+", t.text) and len(t.text) <= 12:
+            self.advance()
+            return sp.Integer(int(t.text))
+        if t.kind == "name" and t.text in self.dims:
+            self.advance()
+            return self.dims[t.text]
+        if t.text in (":", ",", "]"):
+            return default
+        raise self.err(t.pos, "an index is a non-negative integer, a dimension name or ':'"
+                       f"; dimensions: {', '.join(self.dims) or '(none)'}")
 
     def atom(self) -> sp.Basic:
         t = self.tok

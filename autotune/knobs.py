@@ -33,6 +33,7 @@ from typing import Any
 
 from .errors import KnobError, SpecError
 from .properties import DIAGONAL, LOWER, ORTHOGONAL, PD, SYMMETRIC, UPPER, FactBase
+from .rules import REWRITE_CHOICES, rewrites_apply
 
 __all__ = [
     "KNOB_FAMILIES",
@@ -60,6 +61,8 @@ KNOB_FAMILIES = {
     "symprod": "compute a product known to be symmetric (X*M*X.T) one triangle at a time "
                "(true/false)",
     "mirror": "compute only the lower blocks of symmetric results and mirror them",
+    "rewrite": "the rewrite rules' variant of each output: 'cheapest' by FLOPs, 'as_written', "
+               "or r (the r-th cheapest); offered where a rule applies",
     "backend": "PyTensor backend: numba, c, jax, pytorch",
     "threads": "BLAS threads",
 }
@@ -120,6 +123,8 @@ def knob_space(problem, dims: Mapping[str, int] | None = None) -> dict[str, list
     space["syrk"] = [True, False]
     space["symprod"] = [True, False]
     space["mirror"] = [True, False]
+    if rewrites_apply(problem, fb):
+        space["rewrite"] = list(REWRITE_CHOICES)
     search = problem.search
     for key, allowed in _flatten_search(search, problem.origin).items():
         if key in TARGET_KNOBS:
@@ -252,7 +257,7 @@ def default_knobs(problem, dims: Mapping[str, int] | None = None) -> dict[str, A
     for key, vals in space.items():
         family = key.partition(".")[0]
         defaults = {"blocks": 1, "cut": "even", "order": "optimal", "cse": True,
-                    "syrk": True, "symprod": False, "mirror": True}
+                    "syrk": True, "symprod": False, "mirror": True, "rewrite": "cheapest"}
         out[key] = defaults.get(family, vals[0])
     return out
 

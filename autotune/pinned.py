@@ -38,6 +38,7 @@ __all__ = [
     "REWRITE_MODES",
     "REQUIRED_EXCLUSIONS",
     "MERGE_PASSES",
+    "PARTIAL_EVALUATION",
     "PROGRAM_KERNELS",
     "excluded_rewrites",
     "pinned_mode",
@@ -58,6 +59,11 @@ REQUIRED_EXCLUSIONS = (
     "reuse_decomposition_multiple_solves",
     "paired_triangular_solves_to_cho_solve",
 )
+
+#: Rewrites that evaluate only the part of a value a slice reads (``(A @ B)[i, j]`` ->
+#: ``A[i] @ B[:, j]``): partial access is the derivation's choice (the rules
+#: ``slice_of_product``, ``slice_of_sum``), so the formula as written computes it all.
+PARTIAL_EVALUATION = ("local_subtensor_of_dot", "local_subtensor_of_batch_dims")
 
 #: The merge passes (PyTensor's common-subexpression elimination).
 MERGE_PASSES = ("merge1", "merge1.1", "merge1.2", "merge2", "merge3", "MergeOptimizer")
@@ -82,8 +88,9 @@ def _rewriter_module(obj: Any) -> str:
 
 @functools.cache
 def excluded_rewrites() -> tuple[str, ...]:
-    """Names of every rewrite PyTensor registers from its linear-algebra rewriting package,
-    plus :data:`REQUIRED_EXCLUSIONS` (checked to be registered)."""
+    """Names of every rewrite PyTensor registers from its linear-algebra rewriting package
+    and the :data:`PARTIAL_EVALUATION` rewrites (these and :data:`REQUIRED_EXCLUSIONS`
+    checked to be registered)."""
     from pytensor.compile.mode import optdb
     from pytensor.graph.rewriting.db import RewriteDatabase
 
@@ -98,16 +105,17 @@ def excluded_rewrites() -> tuple[str, ...]:
                 seen.add(id(obj))
                 if isinstance(obj, RewriteDatabase):
                     walk(obj)
-                elif _rewriter_module(obj).startswith(_LINALG_REWRITES):
+                else:
                     name = getattr(obj, "name", None) or getattr(obj, "__name__", None)
-                    if name:
+                    if name and (_rewriter_module(obj).startswith(_LINALG_REWRITES)
+                                 or name in PARTIAL_EVALUATION):
                         names.add(str(name))
 
     walk(optdb)
-    missing = [n for n in REQUIRED_EXCLUSIONS if n not in names]
+    missing = [n for n in (*REQUIRED_EXCLUSIONS, *PARTIAL_EVALUATION) if n not in names]
     if missing:  # pragma: no cover - depends on the PyTensor version
         raise RuntimeError(
-            f"PyTensor no longer registers the kernel-choosing rewrites {missing}: "
+            f"PyTensor no longer registers the rewrites {missing}: "
             "autotune cannot pin the compiled kernels; update autotune.pinned"
         )
     return tuple(sorted(names))

@@ -20,6 +20,7 @@ from sympy.matrices.expressions import (
     MatAdd,
     MatMul,
     MatPow,
+    MatrixSlice,
     MatrixSymbol,
     Transpose,
     ZeroMatrix,
@@ -71,6 +72,9 @@ class _Evaluator:
             return self.ev(e.arg).T
         if isinstance(e, Inverse):
             return self.solve(e.arg, np.eye(self.size(e.shape[0])))
+        if isinstance(e, MatrixSlice):  # the whole matrix, then the part read
+            (r0, r1, _), (c0, c1, _) = e.rowslice, e.colslice
+            return self.ev(e.parent)[self.size(r0) : self.size(r1), self.size(c0) : self.size(c1)]
         if isinstance(e, MatAdd):
             return sum(self.ev(t) for t in e.args)
         if isinstance(e, (MatMul, MatPow)):

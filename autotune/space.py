@@ -29,6 +29,8 @@ def named_point(problem, name: str, dims: Mapping[str, int] | None = None) -> di
             if k.startswith("solver."):
                 out[k] = "inverse"
         out.update(order="left", cse=False, syrk=False, symprod=False, mirror=False)
+        if "rewrite" in out:
+            out["rewrite"] = "as_written"
         return out
     if name == "seed-2x2":
         out = named_point(problem, "naive", dims)

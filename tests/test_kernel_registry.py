@@ -24,6 +24,7 @@ import pytest
 from autotune.errors import CompileError
 from autotune.graph import COLORS, _op_text
 from autotune.kernels import KERNELS, TRIANGULAR, Example, Kernel, get_kernel, register_kernel
+from autotune.kernels.banded import BANDED
 from autotune.kernels.products import SYMMETRIC_PRODUCT
 from autotune.pinned import PROGRAM_KERNELS, kernel_counts, pinned_mode
 from autotune.program import OPS, Program, Step
@@ -34,7 +35,7 @@ CASES = [
     pytest.param(k, j, id=f"{k.name}-{j}") for k in COMPUTING for j in range(len(k.examples))
 ]
 BACKENDS = ["NUMBA"] + (["JAX"] if importlib.util.find_spec("jax") is not None else [])
-KNOWN_PROPERTIES = {SYMMETRIC, PD, LOWER, DIAGONAL, TRIANGULAR, SYMMETRIC_PRODUCT}
+KNOWN_PROPERTIES = {SYMMETRIC, PD, LOWER, DIAGONAL, TRIANGULAR, SYMMETRIC_PRODUCT, BANDED}
 
 
 def _step(kernel: Kernel, ex: Example, first_arg: int = 0) -> Step:
@@ -63,6 +64,8 @@ def _operands(kernel: Kernel, ex: Example, step: Step, rng) -> list[np.ndarray]:
             else:  # b = M @ a.T with M symmetric: a @ b is symmetric
                 m = rng.standard_normal((shape[0], shape[0]))
                 x = (m + m.T) @ out[0].T
+        elif BANDED in props:  # nonzero only in the step's band
+            x = np.triu(np.tril(g, int(step.attr("upper", 0))), -int(step.attr("lower", 0)))
         elif PD in props:
             x = g @ g.T / n + np.eye(n)
         elif SYMMETRIC in props:

@@ -11,7 +11,8 @@ pictures (:mod:`autotune.graph`) read it. One module per family registers its re
 * :mod:`~autotune.kernels.products`: GEMM, SYRK, the symmetric product;
 * :mod:`~autotune.kernels.factorizations`: Cholesky, its solve, the general solve, the LU
   inverse, the SPD inverse;
-* :mod:`~autotune.kernels.triangular`: the triangular and diagonal kernels.
+* :mod:`~autotune.kernels.triangular`: the triangular and diagonal kernels;
+* :mod:`~autotune.kernels.banded`: the product with a banded matrix.
 
 Adding a kernel is adding a record (and, when PyTensor has no op for it, the op) to its family
 module: the registry tests (tests/test_kernel_registry.py) then check it against NumPy, its FLOP
@@ -31,7 +32,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import factorizations, products, structural, triangular  # noqa: F401  (registers)
+from . import banded, factorizations, products, structural, triangular  # noqa: F401  (registers)
 from .registry import KERNELS, TRIANGULAR, Example, Kernel, get_kernel, register_kernel
 
 # public name -> the module that defines it (imported on first access: numba, PyTensor)

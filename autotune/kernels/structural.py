@@ -73,6 +73,52 @@ def _scale_text(step: Any) -> str:
     return f"scale ({coeff:g})" if len(step.args) == 1 else "scale"
 
 
+def _operations(tree: Any) -> int:
+    if tree[0] in ("num", "arg"):
+        return 0
+    if tree[0] == "pow":
+        return 1 + _operations(tree[1])
+    return len(tree) - 2 + sum(_operations(t) for t in tree[1:])
+
+
+def _scalar_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    return float(_operations(attrs["expr"]))  # one FLOP per operation: negligible
+
+
+def _eval_tree(tree: Any, args: list[Any], num: Any, power: Any) -> Any:
+    """A scalar expression tree: ``("num", v)``, ``("arg", i)`` (the i-th operand),
+    ``("add", t, ...)``, ``("mul", t, ...)``, ``("pow", t, exponent)``."""
+    kind = tree[0]
+    if kind == "num":
+        return num(tree[1])
+    if kind == "arg":
+        return args[tree[1]]
+    if kind == "pow":
+        return power(_eval_tree(tree[1], args, num, power), tree[2])
+    parts = [_eval_tree(t, args, num, power) for t in tree[1:]]
+    out = parts[0]
+    for x in parts[1:]:
+        out = out + x if kind == "add" else out * x
+    return out
+
+
+def _lower_scalar(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    import pytensor.tensor as pt
+
+    def power(base: Any, exponent: float) -> Any:
+        return base ** pt.constant(exponent, dtype=dtype)
+
+    value = _eval_tree(step.attr("expr"), args, lambda v: pt.constant(v, dtype=dtype), power)
+    return pt.cast(value, dtype).dimshuffle("x", "x")  # a 1x1 matrix, as the step's shape
+
+
+def _ref_scalar(step: Any, x: list[Any]) -> Any:
+    import numpy as np
+
+    value = _eval_tree(step.attr("expr"), [np.asarray(a) for a in x], float, lambda b, e: b**e)
+    return np.reshape(value, (1, 1))
+
+
 for _k in (
     Kernel("input", "a problem input", "A", "input", _free, _no_lowering, structural=True),
     Kernel("slice", "a block (view) of a value: attrs rows=(start, stop), cols=(start, stop)",
@@ -98,6 +144,12 @@ for _k in (
            reference=_ref_scale, step_text=_scale_text,
            examples=(Example(((5, 3),), (5, 3), 15.0, (("coeff", -2.5),)),
                      Example(((3, 5), ()), (3, 5), 15.0, (("coeff", 2.0), ("powers", (2,)))))),
+    Kernel("scalar", "a scalar computed from scalar inputs: attrs expr (a tree of num, arg, "
+           "add, mul, pow)", "(k - 1) / (lam + 1)", "elementwise", _scalar_cost,
+           _lower_scalar, reference=_ref_scalar, label="scalar",
+           examples=(Example(((), ()), (1, 1), 3.0,
+                             (("expr", ("mul", ("add", ("arg", 0), ("num", -1.0)),
+                                        ("pow", ("arg", 1), -1.0))),)),)),
     Kernel("block", "assemble blocks: attrs grid = [[arg index, transposed?], ...] rows of blocks",
            "[[A, B], [C, D]]", "data", _free, _lower_block, structural=True),
 ):

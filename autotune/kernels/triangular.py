@@ -65,6 +65,27 @@ def _ref_diag_solve(step: Any, x: list[Any]) -> Any:
     return x[1] / np.diag(x[0])[:, None]
 
 
+def _diag_mul_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    m, n = shape
+    return float(m * n)  # one multiplication per entry of the result
+
+
+def _lower_diag_mul(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    import pytensor.tensor as pt
+
+    d = pt.diagonal(args[0])
+    if step.attr("side", "left") == "left":
+        return d[:, None] * args[1]
+    return args[1] * d[None, :]
+
+
+def _ref_diag_mul(step: Any, x: list[Any]) -> Any:
+    import numpy as np
+
+    d = np.diag(np.diag(x[0]))
+    return d @ x[1] if step.attr("side", "left") == "left" else x[1] @ d
+
+
 def _trmm_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
     a, other = solve_operands(shapes, shape, attrs)
     return float(a * a * other)  # m*m*n for an m x m triangle times m x n: half of a GEMM
@@ -119,6 +140,12 @@ for _k in (
                      Example(((5, 5), (7, 5)), (7, 5), 5.0 * 5 * 7,
                              (("alpha", -1.5), ("lower", False), ("side", "right"),
                               ("trans", True))))),
+    Kernel("diag_mul", "product with a diagonal matrix (a row or column scaling): attrs side "
+           "('left': D @ B, 'right': B @ D)", "D @ B  (D diagonal)", "product", _diag_mul_cost,
+           _lower_diag_mul, properties=((DIAGONAL,), ()), reference=_ref_diag_mul,
+           step_text=lambda step: f"diag_mul ({step.attr('side', 'left')})",
+           examples=(Example(((5, 5), (5, 3)), (5, 3), 15.0, (("side", "left"),)),
+                     Example(((5, 5), (3, 5)), (3, 5), 15.0, (("side", "right"),)))),
     Kernel("diag_solve", "solve with a diagonal matrix (scaling): side", "D^-1 @ B",
            "solve", _diag_solve_cost, _lower_diag_solve, properties=((DIAGONAL,), ()),
            reference=_ref_diag_solve,
