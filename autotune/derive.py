@@ -55,6 +55,7 @@ from sympy.matrices.expressions import (
 from .blocking import Blocked, block_problem, inverse_labels
 from .errors import DerivationError, KnobError
 from .formula import MAX_FACTORS
+from .fusion import fuse
 from .kernels.registry import KERNELS
 from .knobs import normalize_knobs, solver_choices
 from .program import Program, Step
@@ -144,6 +145,8 @@ def _derive_cached(problem: Problem, knobs_t: tuple, values_t: tuple) -> Program
     exprs = _rewritten_outputs(problem, knobs, fb) if blocked is None else None
     builder = _Builder(problem, knobs, fb, blocked, exprs)
     program = builder.build()
+    if knobs["cse"]:
+        program = fuse(program)
     return Program(
         program.steps,
         program.inputs,

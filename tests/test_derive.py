@@ -97,7 +97,11 @@ def test_symmetric_product_computes_one_triangle_and_takes_r():
     assert prog.steps[sym[0].args[1]].op == "matmul"  # Sigma*H.T, shared with the outputs
     off = derive(p, {**named_point(p, "flop-optimal", dims), "symprod": False}, dims)
     assert "symprod" not in _ops(off)
-    assert "add" in _ops(off)
+    # without it, R + H*(Sigma*H.T) is one GEMM accumulating into a copy of R
+    (chol,) = [s for s in off.steps if s.op == "cholesky"]
+    s_step = off.steps[chol.args[0]]
+    assert s_step.op == "matmul" and off.steps[s_step.args[2]].label == "R"
+    assert s_step.attr("beta") == 1.0 and "add" not in _ops(off)
 
 
 _SUMS = """

@@ -81,7 +81,7 @@ CASES = {
                  {"trmm": 1}, N**3, ("matmul",)),
     "syrk_AAt": ("A*A.T", {}, {"syrk": 1}, N**3, ("matmul",)),
     "syrk_AtA": ("A.T*A", {}, {"syrk": 1}, N**3, ("matmul",)),
-    "cse_sum": ("A.T*B + A.T*B", {}, {"matmul": 1}, 2 * N**3 + N * N, ()),
+    "cse_sum": ("A.T*B + A.T*B", {}, {"matmul": 1}, 2 * N**3, ("scale",)),  # alpha = 2
     "cse_gram": ("(A.T*B).T*(A.T*B)", {}, {"matmul": 1, "syrk": 1}, 3 * N**3, ()),
     "cse_gram_flat": ("(A.T*B).T*A.T*B", {}, {"matmul": 1, "syrk": 1}, 3 * N**3, ()),
     "no_cse_vec": ("A.T*B*A.T*B*x", {}, {"matmul": 4}, 8 * N * N, ()),
@@ -89,8 +89,8 @@ CASES = {
     "chain_ytHtH": ("y.T*H.T*H", {}, {"matmul": 2}, 4 * N * N, ()),
     "chain_outer": ("H.T*y*x.T*H", {}, {"matmul": 3}, 6 * N * N, ()),
     "distribute_factor": ("A*B + A*C", {}, {"matmul": 1, "add": 1}, 2 * N**3 + N * N, ()),
-    "distribute_expand": ("(A - H.T*H)*x", {}, {"matmul": 3, "sub": 1}, 6 * N * N + N,
-                          ("syrk",)),
+    "distribute_expand": ("(A - H.T*H)*x", {}, {"matmul": 3}, 6 * N * N + N,
+                          ("syrk", "sub")),  # A x - H.T (H x): the last GEMV has beta
     "transpose_law": ("B.T*A*A.T*B", {}, {"matmul": 1, "syrk": 1}, 3 * N**3, ()),
     "entry_of_sum": ("(A + B)[2, 2]", {}, {"add": 1, "slice": 2}, 1, ("matmul",)),
     "entry_of_product": ("(A*B)[2, 3]", {}, {"matmul": 1}, 2 * N, ()),
@@ -100,8 +100,10 @@ CASES = {
                          {"diag_mul": 1}, N * N, ("matmul",)),
     "diagonal_right": ("B*D", {"D": '{ shape = ["n", "n"], properties = ["diagonal"] }'},
                        {"diag_mul": 1}, N * N, ("matmul",)),
-    "identity_minus": ("(eye(n) - A*B)*x", {}, {"matmul": 2, "sub": 1}, 4 * N * N + N,
-                       ("eye",)),
+    "identity_minus": ("(eye(n) - A*B)*x", {}, {"matmul": 2}, 4 * N * N + N,
+                       ("eye", "sub")),
+    "rank_one_update": ("A*B + x*x.T", {}, {"matmul": 2}, 2 * N**3 + 3 * N * N,
+                        ("syrk", "add")),  # the outer product accumulates into A B
     "tridiagonal": ("Tr*B", {"Tr": '{ shape = ["n", "n"], properties = ["tridiagonal"] }'},
                     {"band_mul": 1}, 2 * 3 * N * N, ("matmul", "trmm")),
     "bidiagonal_right": ("B*Lb.T",
@@ -192,3 +194,22 @@ def test_partial_access_compiles_what_was_chosen():
     _, part = _check_numbers(p)
     assert _product_shapes(full) == [((N, N), (N, N))]
     assert _product_shapes(part) == [((1, N), (N, 1))]
+
+
+def test_a_shared_product_is_not_fused_into_one_of_its_uses():
+    """LAAB's loop-invariant test as three outputs: A*B once, each rank-1 update a GEMM
+    accumulating into (a copy of) it; the naive point keeps a step per operation."""
+    text = ('[problem]\nname = "loops"\n[dims]\nn = 12\n[inputs]\nA = { shape = ["n", "n"] }\n'
+            'B = { shape = ["n", "n"] }\nv0 = { shape = ["n", 1] }\nv1 = { shape = ["n", 1] }\n'
+            '[outputs]\nX0 = "A*B + v0*v0.T"\nX1 = "A*B + v1*v1.T"\n')
+    p = parse_problem(text, "loops")
+    prog, _ = _check_numbers(p)
+    live = [prog.steps[i] for i in prog.live_steps()]
+    plain = [s for s in live if s.op == "matmul" and len(s.args) == 2]
+    fused = [s for s in live if s.op == "matmul" and len(s.args) == 3]
+    assert len(plain) == 1 and len(fused) == 2  # A*B, then v v.T + A*B twice
+    assert all(s.args[2] == prog.steps.index(plain[0]) for s in fused)
+    from autotune.space import named_point
+
+    naive = derive(p, named_point(p, "naive"))
+    assert not [s for s in naive.steps if s.op == "matmul" and len(s.args) == 3]

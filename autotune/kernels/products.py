@@ -16,19 +16,38 @@ __all__: list[str] = []
 
 def _matmul_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
     (m, k), n = shapes[0], shape[1]
-    return 2.0 * m * k * n
+    extra = m * n if len(shapes) > 2 else 0  # + beta * C
+    return 2.0 * m * k * n + extra
 
 
 def _lower_matmul(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
     import pytensor.tensor as pt
 
+    from . import product_ops  # (registers the rewrite)
+
+    if len(args) > 2 or step.attr("alpha", 1.0) != 1.0:  # a fused GEMM: alpha A B + beta C
+        c = args[2] if len(args) > 2 else None
+        return product_ops.general_product(args[0], args[1], c, alpha=step.attr("alpha", 1.0),
+                                           beta=step.attr("beta", 0.0))
     # A Dot, so that PyTensor's own rewrites still see a product (rewrites="pytensor"); loading
     # product_ops registers the late Numba rewrite that turns it into a GeneralProduct: one BLAS
     # call with the transpose flags of each operand's layout, where PyTensor's Numba Dot copies
     # a transposed operand.
-    from . import product_ops  # noqa: F401  (registers the rewrite)
-
     return pt.dot(args[0], args[1])
+
+
+def _ref_matmul(step: Any, x: list[Any]) -> Any:
+    out = step.attr("alpha", 1.0) * (x[0] @ x[1])
+    if len(x) > 2:
+        out = out + step.attr("beta", 0.0) * x[2]
+    return out
+
+
+def _matmul_text(step: Any) -> str:
+    alpha = step.attr("alpha", 1.0)
+    if len(step.args) > 2:
+        return f"matmul ({alpha:+g}, beta {step.attr('beta', 1.0):g})"
+    return "matmul" if alpha == 1.0 else f"matmul ({alpha:+g})"
 
 
 def _syrk_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
@@ -91,11 +110,15 @@ def _symprod_text(step: Any) -> str:
 SYMMETRIC_PRODUCT = "symmetric_product"
 
 for _k in (
-    Kernel("matmul", "general matrix product (GEMM/GEMV)", "A @ B", "product",
+    Kernel("matmul", "general matrix product (GEMM/GEMV): alpha*A@B + beta*C, attrs alpha, "
+           "beta (C: an optional third operand)", "alpha*A@B + beta*C", "product",
            _matmul_cost, _lower_matmul, pytensor_op="GeneralProduct",
-           reference=lambda step, x: x[0] @ x[1],
+           reference=_ref_matmul, step_text=_matmul_text,
            examples=(Example(((5, 3), (3, 7)), (5, 7), 2.0 * 5 * 3 * 7),
-                     Example(((4, 9), (9, 1)), (4, 1), 2.0 * 4 * 9))),
+                     Example(((4, 9), (9, 1)), (4, 1), 2.0 * 4 * 9),
+                     Example(((5, 3), (3, 7), (5, 7)), (5, 7), 2.0 * 5 * 3 * 7 + 35,
+                             (("alpha", -1.0), ("beta", 1.0))),
+                     Example(((5, 3), (3, 7)), (5, 7), 2.0 * 5 * 3 * 7, (("alpha", 2.0),)))),
     Kernel("syrk", "symmetric rank-k update alpha*A.T@A + beta*C (full symmetric result)",
            "alpha*A.T@A + beta*C", "product", _syrk_cost, _lower_syrk,
            pytensor_op="SymRankK", knob="syrk", properties=((), (SYMMETRIC,)),
