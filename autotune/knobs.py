@@ -31,6 +31,8 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
+from sympy.matrices.expressions import MatrixSlice
+
 from .errors import KnobError, SpecError
 from .properties import DIAGONAL, LOWER, ORTHOGONAL, PD, SYMMETRIC, UPPER, FactBase
 from .rules import REWRITE_CHOICES, rewrites_apply
@@ -113,8 +115,12 @@ def knob_space(problem, dims: Mapping[str, int] | None = None) -> dict[str, list
     values = problem.resolve_dims(dims)
     fb = problem.facts(values)
     space: dict[str, list[Any]] = {}
+    # a partial access (X[i, j]) reads a part of an unblocked value: such formulas are not
+    # partitioned into blocks
+    whole = not any(problem.expressions[o].has(MatrixSlice) for o in problem.outputs)
     for d in problem.dims:
-        space[f"blocks.{d}"] = [b for b in range(1, MAX_BLOCKS + 1) if b <= values[d]]
+        most = MAX_BLOCKS if whole else 1
+        space[f"blocks.{d}"] = [b for b in range(1, most + 1) if b <= values[d]]
         space[f"cut.{d}"] = ["even", 0.25, 0.75]
     space["order"] = [*ORDER_FIXED, 1, 2, 3]
     space["cse"] = [True, False]

@@ -278,3 +278,32 @@ def test_triangular_solve_perform_and_strided_views(rng):
         np.testing.assert_allclose(fn(x.T, y), np.linalg.solve(np.triu(x.T), y), rtol=1e-10)
     with pytest.raises(TypeError):
         TriangularSolve()(pt.vector(), pt.matrix())
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("lower", [True, False])
+@pytest.mark.parametrize("trans", [0, 1])
+def test_triangular_solve_of_a_transposed_rhs_solves_from_the_right(dtype, lower, trans):
+    """``tri(L)^-1 @ B.T`` compiles to one trsm from the right on B as it is (a plain copy),
+    never a transposing copy of B.T, and equals SciPy's solve."""
+    import scipy.linalg as sl
+    from pytensor.tensor.linalg import solve_triangular
+
+    from autotune.kernels import triangular_ops  # noqa: F401  (registers the rewrite)
+    from autotune.pinned import pinned_mode
+
+    L = pt.matrix("L", shape=(7, 7), dtype=dtype)
+    B = pt.matrix("B", shape=(5, 7), dtype=dtype)
+    out = solve_triangular(L, B.T, lower=lower, trans=trans, b_ndim=2)
+    f = pytensor.function([L, B], out, mode=pinned_mode(pytensor.compile.mode.get_mode("NUMBA")))
+    solves = [n.op for n in f.maker.fgraph.toposort()
+              if type(n.op).__name__ == "TriangularSolve"]
+    assert [op.side for op in solves] == ["right"]
+    assert f.maker.fgraph.toposort()[-1].op.__class__.__name__ == "DimShuffle"  # a view
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((7, 7))
+    l = (np.tril(g) if lower else np.triu(g)) + 5 * np.eye(7)
+    b = rng.standard_normal((5, 7))
+    ref = sl.solve_triangular(l, b.T, lower=lower, trans=trans)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(f(l.astype(dtype), b.astype(dtype)), ref, rtol=tol, atol=tol)

@@ -47,6 +47,7 @@ from pytensor.link.numba.cache import _call_cached_ptr
 from pytensor.link.numba.dispatch import basic as numba_basic
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 from pytensor.scalar import upcast
+from pytensor.tensor.elemwise import DimShuffle
 from pytensor.tensor.linalg.solvers.triangular import SolveTriangular
 
 from .backends import on_backend_import
@@ -266,11 +267,14 @@ class TriangularSolve(Op):
     entries (no check, as in BLAS).
     """
 
-    __props__ = ("lower", "unit_diagonal")
+    __props__ = ("lower", "unit_diagonal", "side")
 
-    def __init__(self, lower: bool = True, unit_diagonal: bool = False):
+    def __init__(self, lower: bool = True, unit_diagonal: bool = False, side: str = "left"):
+        if side not in SIDES:
+            raise ValueError(f"TriangularSolve: side must be 'left' or 'right', got {side!r}")
         self.lower = bool(lower)
         self.unit_diagonal = bool(unit_diagonal)
+        self.side = side
 
     def make_node(self, a, b):
         a = pt.as_tensor_variable(a)
@@ -289,10 +293,13 @@ class TriangularSolve(Op):
         import scipy.linalg
 
         a, b = inputs
-        output_storage[0][0] = np.asarray(
-            scipy.linalg.solve_triangular(a, b, lower=self.lower,
-                                          unit_diagonal=self.unit_diagonal),
-            dtype=node.outputs[0].type.dtype)
+        if self.side == "right":  # b @ tri(a)^-1 = (tri(a)^-T @ b.T).T
+            x = scipy.linalg.solve_triangular(a, b.T, lower=self.lower, trans=1,
+                                              unit_diagonal=self.unit_diagonal).T
+        else:
+            x = scipy.linalg.solve_triangular(a, b, lower=self.lower,
+                                              unit_diagonal=self.unit_diagonal)
+        output_storage[0][0] = np.ascontiguousarray(x, dtype=node.outputs[0].type.dtype)
 
     def pullback(self, inputs, outputs, cotangents):
         return [grad_not_implemented(self, i, inp, "TriangularSolve has no gradient")
@@ -316,13 +323,14 @@ def _numba_xtrsm(dtype: str):
     return xtrsm
 
 
-def _trsm_inplace(a, out, lower, unit):
-    """``out := tri(a)^-1 @ out`` (numba-only, overloaded); ``out`` C-contiguous."""
+def _trsm_inplace(a, out, lower, unit, left):
+    """``out := tri(a)^-1 @ out`` (``left``) or ``out @ tri(a)^-1`` (numba-only, overloaded);
+    ``out`` C-contiguous."""
     raise NotImplementedError("_trsm_inplace is only callable from numba-compiled code")
 
 
 @overload(_trsm_inplace)
-def _trsm_inplace_impl(a, out, lower, unit):
+def _trsm_inplace_impl(a, out, lower, unit, left):
     dtype = str(a.dtype)
     if dtype not in _FLOAT_DTYPES or str(out.dtype) != dtype:
         raise numba.TypingError(f"_trsm_inplace: unsupported dtypes {a.dtype}, {out.dtype}")
@@ -330,7 +338,7 @@ def _trsm_inplace_impl(a, out, lower, unit):
     int32_max = _INT32_MAX
     one = np.float32(1.0) if dtype == "float32" else np.float64(1.0)
 
-    def impl(a, out, lower, unit):
+    def impl(a, out, lower, unit, left):
         p, q = out.shape
         if p == 0 or q == 0:
             return
@@ -341,8 +349,9 @@ def _trsm_inplace_impl(a, out, lower, unit):
         uplo = np.int8(ord("L") if lower != a_rows else ord("U"))
         diag = np.int8(ord("U") if unit else ord("N"))
         # The C-ordered `out` is the Fortran (q, p) out.T := out.T @ A^-T: side 'R', and A^T
-        # is the matrix BLAS sees itself ('N') when it sees a.T
-        side = np.int8(ord("R"))
+        # is the matrix BLAS sees itself ('N') when it sees a.T. For out @ A^-1 (right side)
+        # out.T := A^-T @ out.T: the same A^T, BLAS side 'L'.
+        side = np.int8(ord("R") if left else ord("L"))
         transa = np.int8(ord("N") if a_rows else ord("T"))
         rows, cols, ldb = q, p, q
         xtrsm(_val_to_ptr(side), _val_to_ptr(uplo), _val_to_ptr(transa), _val_to_ptr(diag),
@@ -355,19 +364,19 @@ def _trsm_inplace_impl(a, out, lower, unit):
 
 @register_funcify_default_op_cache_key(TriangularSolve)
 def numba_funcify_TriangularSolve(op, node, **kwargs):
-    lower, unit = op.lower, op.unit_diagonal
+    lower, unit, left = op.lower, op.unit_diagonal, op.side == "left"
 
     @numba_basic.numba_njit
     def trsm_numba(a, b):
         m = a.shape[0]
-        if a.shape[1] != m or b.shape[0] != m:
+        if a.shape[1] != m or (b.shape[0] if left else b.shape[1]) != m:
             raise ValueError("TriangularSolve: `a` must be square and fit `b`")
         out = np.empty(b.shape, dtype=b.dtype)
         out[:] = b
-        _trsm_inplace(a, out, lower, unit)
+        _trsm_inplace(a, out, lower, unit, left)
         return out
 
-    cache_version = 1
+    cache_version = 2
     return trsm_numba, cache_version
 
 
@@ -380,7 +389,15 @@ def local_solve_triangular_to_trsm(fgraph, node):
         return None
     if not (a.type.dtype == b.type.dtype == out.type.dtype and out.type.dtype in _FLOAT_DTYPES):
         return None
-    new = TriangularSolve(lower=node.op.lower, unit_diagonal=node.op.unit_diagonal)(a, b)
+    lower, unit = node.op.lower, node.op.unit_diagonal
+    if b.owner is not None and isinstance(b.owner.op, DimShuffle) \
+            and b.owner.op.new_order == (1, 0):
+        # tri(a)^-1 @ B.T = (B @ tri(a)^-T).T: B (C-ordered, as a program's values are) is
+        # copied as it is and solved from the right, where copying B.T would transpose it
+        new = TriangularSolve(lower=not lower, unit_diagonal=unit, side="right")(
+            a.T, b.owner.inputs[0]).T
+    else:
+        new = TriangularSolve(lower=lower, unit_diagonal=unit)(a, b)
     if new.type != out.type:
         return None
     copy_stack_trace(out, new)
