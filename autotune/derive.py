@@ -187,6 +187,20 @@ def _rewritten_outputs(problem: Problem, knobs: Mapping[str, Any], fb: FactBase
     return chosen
 
 
+#: Solver (the ``solver.*`` knob) -> the registry kernels a solve with it calls per
+#: right-hand side, with their attributes (what :meth:`_Builder.solve` emits)
+SOLVE_STEPS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+    "triangular": (("trsolve", {}),),
+    "diagonal": (("diag_solve", {}),),
+    "cholesky": (("cho_solve", {}),),
+    "cholesky_split": (("trsolve", {}), ("trsolve", {"trans": True})),
+    "solve_pos": (("solve", {"assume_a": "pos"}),),
+    "sym": (("solve", {"assume_a": "sym"}),),
+    "lu": (("solve", {"assume_a": "gen"}),),
+    "transpose": (("matmul", {}),),
+}
+
+
 #: kernels that form the inverse explicitly (an ``inv``/``spd_inv`` step), not a solve
 EXPLICIT = ("inverse", "cholesky_inverse")
 
@@ -563,17 +577,13 @@ class _Builder:
         return isinstance(leaf, Inverse) and self.kernel(leaf.arg) not in EXPLICIT
 
     def solve_cost(self, x: sp.Basic, nrhs: int) -> float:
+        """FLOPs of ``inv(x) * B`` for ``nrhs`` columns of B with the kernel chosen for ``x``:
+        the registry's costs of the steps :meth:`solve` emits (a Cholesky factor is shared by
+        every solve against the matrix, so it is not counted here)."""
         a = self.size(x.shape[0])
-        k = self.kernel(x)
-        if k == "triangular":
-            return float(a * a * nrhs)
-        if k == "diagonal":
-            return float(a * nrhs)
-        if k == "cholesky":
-            return 2.0 * a * a * nrhs
-        if k in ("solve_pos",):
-            return a**3 / 3 + 2.0 * a * a * nrhs
-        return 2 * a**3 / 3 + 2.0 * a * a * nrhs
+        shapes, shape = ((a, a), (a, nrhs)), (a, nrhs)
+        return sum(KERNELS[op].cost(shapes, shape, attrs)
+                   for op, attrs in SOLVE_STEPS[self.kernel(x)])
 
     def solve(self, x: sp.Basic, rhs: int, label: str) -> int:
         """``inv(x) * rhs`` with the kernel chosen for ``x``."""

@@ -334,3 +334,16 @@ def test_explicit_inverse_of_an_spd_matrix_uses_cholesky():
     _, res = _run(p, best, dims, inst)
     for name, value in zip(p.outputs, res, strict=True):
         assert relative_error(value, ref.outputs[name]) <= tol, name
+
+
+def test_every_solver_is_costed_from_the_kernel_registry():
+    """The chain ordering costs a solve with the registry's costs of the kernels it emits:
+    every solver a knob may name (except the explicit inverses, which are products) has its
+    steps, and they name registered kernels."""
+    from autotune.derive import EXPLICIT, SOLVE_STEPS
+    from autotune.kernels import KERNELS
+    from autotune.knobs import ALL_SOLVERS
+
+    assert set(SOLVE_STEPS) == set(ALL_SOLVERS) - set(EXPLICIT)
+    for steps in SOLVE_STEPS.values():
+        assert steps and all(op in KERNELS for op, _ in steps)
