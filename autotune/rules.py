@@ -10,7 +10,9 @@ offers for that node (none when it does not apply). Rules come in two phases:
     SymPy, identity factors of a product by :func:`product`).
 ``alternative``
     rewrites that may or may not pay: distributivity both ways (``(A - H.T*H)*x`` ->
-    ``A*x - H.T*(H*x)``; ``A*B + A*C`` -> ``A*(B + C)``). :func:`variants` applies them
+    ``A*x - H.T*(H*x)``; ``A*B + A*C`` -> ``A*(B + C)``), the push-through identity
+    (``inv(I + U*V)*U`` -> ``U*inv(I + V*U)``) and the Woodbury identity (the inverse of an
+    easy matrix plus a low-rank term through a small inverse). :func:`variants` applies them
     anywhere in an expression, breadth first and bounded, and the derivation keeps the
     cheapest by its own cost model (the FLOPs of the program each variant derives to, other
     outputs included, so that sharing across outputs counts) or the r-th cheapest (the
@@ -250,6 +252,84 @@ def factor_out(node: sp.Basic, fb: FactBase) -> list[sp.Basic]:
             grouped = product(sp.Integer(1), [shared, inner] if side == 0 else [inner, shared])
             others = [node.args[k] for k in range(len(split)) if k not in members]
             out.append(total([grouped, *others]))
+    return out
+
+
+# -- alternatives: inverse identities ----------------------------------------------------------
+
+
+def _identity_plus(x: sp.Basic) -> tuple[sp.Basic, list[sp.Basic]] | None:
+    """``(coeff, [U, ..., V])`` when ``x`` is ``I + coeff*U*...*V``."""
+    if not isinstance(x, MatAdd) or len(x.args) != 2:
+        return None
+    ident = [t for t in x.args if isinstance(t, Identity)]
+    if len(ident) != 1:
+        return None
+    other = x.args[1] if x.args[0] is ident[0] else x.args[0]
+    coeff, mats = split_coeff(other)
+    return (coeff, mats) if len(mats) >= 2 else None
+
+
+@register_rule("push_through", "alternative", "inv(eye(n) + A*B)*A")
+def push_through(node: sp.Basic, fb: FactBase) -> list[sp.Basic]:
+    """``inv(I + c*U*V)*U`` -> ``U*inv(I + c*V*U)``: the inverse moves to the other side of
+    the factor it meets, where the matrix inverted is ``V*U`` (small when U is tall)."""
+    if not isinstance(node, MatMul):
+        return []
+    coeff, mats = split_coeff(node)
+    out = []
+    for f in range(len(mats) - 1):
+        if not isinstance(mats[f], Inverse):
+            continue
+        parts = _identity_plus(mats[f].arg)
+        if parts is None:
+            continue
+        c, uv = parts
+        for p in range(1, len(uv)):
+            u, v = uv[:p], uv[p:]
+            after = mats[f + 1 : f + 1 + p]
+            if len(after) < p or any(canonical(a, fb) != canonical(b, fb)
+                                     for a, b in zip(after, u, strict=True)):
+                continue
+            inner = v + u
+            small = Inverse(total([Identity(inner[0].shape[0]), product(c, inner)]))
+            out.append(product(coeff, [*mats[:f], *u, small, *mats[f + 1 + p :]]))
+    return out
+
+
+@register_rule("woodbury", "alternative", "inv(A*A.T + x*x.T)*y")
+def woodbury(node: sp.Basic, fb: FactBase) -> list[sp.Basic]:
+    """The Woodbury identity: ``inv(A + U*V)`` -> ``inv(A) - inv(A)*U*inv(I + V*inv(A)*U)*
+    V*inv(A)``, for a low-rank term ``U*V`` (inner dimension smaller than the matrix) of an
+    inverted sum: one inverse of the easy part A (diagonal, triangular, factored once) and one
+    of a small matrix instead of a large one. Rounding: verified like every candidate."""
+    if not isinstance(node, Inverse) or not isinstance(node.arg, MatAdd):
+        return []
+    out = []
+    terms = list(node.arg.args)
+    n = fb.size(node.shape[0])
+    for t, term in enumerate(terms):
+        coeff, mats = split_coeff(term)
+        if len(mats) < 2 or n is None:
+            continue
+        rest = terms[:t] + terms[t + 1 :]
+        a = total(rest)
+        if isinstance(a, ZeroMatrix):
+            continue
+        # the narrowest split U = mats[:p], V = mats[p:]
+        widths = [(fb.size(mats[p].shape[0]), p) for p in range(1, len(mats))]
+        known = [(w, p) for w, p in widths if w is not None]
+        if not known:
+            continue
+        width, p = min(known)
+        if width >= n:
+            continue
+        u, v = mats[:p], mats[p:]
+        inv_a = a if isinstance(a, Identity) else Inverse(a)
+        small = Inverse(total([Identity(u[-1].shape[1]),
+                               product(coeff, [*v, inv_a, *u])]))
+        correction = product(-coeff, [inv_a, *u, small, *v, inv_a])
+        out.append(total([inv_a, correction]))
     return out
 
 
