@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,23 +128,14 @@ def _cut(
     same_dim = sym.shape[0] == sym.shape[1]
     symbols: dict[tuple[int, int], sp.Basic] = {}
     cells: dict[tuple[int, int], sp.Basic] = {}
-    # lower blocks first: the upper blocks of a symmetric matrix are their transposes
-    order = sorted(
-        ((i, j) for i in range(len(rows)) for j in range(len(cols))),
-        key=lambda ij: (ij[0] < ij[1], ij),
-    )
-    for i, j in order:
+    for i, j in _lower_blocks_first(len(rows), len(cols)):
         r, c = rows[i], cols[j]
         diag = same_dim and i == j
         assert cut.blocks[i, j].shape == (r, c)
         if IDENTITY in facts:
             cells[(i, j)] = Identity(r) if diag else ZeroMatrix(r, c)
             continue
-        if same_dim and (
-            (DIAGONAL in facts and not diag)
-            or (LOWER in facts and i < j)
-            or (UPPER in facts and i > j)
-        ):
+        if same_dim and _zero_block(facts, i, j):
             cells[(i, j)] = ZeroMatrix(r, c)
             continue
         if same_dim and SYMMETRIC in facts and i < j:
@@ -160,6 +152,15 @@ def _cut(
         cells[(i, j)] = block
     grid = [[cells[(i, j)] for j in range(len(cols))] for i in range(len(rows))]
     return BlockMatrix(grid)
+
+
+def _lower_blocks_first(nrows: int, ncols: int) -> list[tuple[int, int]]:
+    """The block positions, those on or below the diagonal first (row by row), then those
+    above: the upper blocks of a symmetric matrix are the transposes of the lower ones."""
+    return sorted(
+        ((i, j) for i in range(nrows) for j in range(ncols)),
+        key=lambda ij: (ij[0] < ij[1], ij),
+    )
 
 
 def _as_grid(e: sp.Basic) -> list[list[sp.Basic]]:
@@ -426,22 +427,64 @@ def _derive(
 ) -> Blocked:
     """Block and collapse; with ``collapse=False`` only the symbols and facts are built (the
     cheap part, used when the collapsed formulas come from the cache)."""
-    sizes = _sizes(problem, blocks)
-    slices: dict[sp.Basic, tuple[str, int, int]] = {}
-    registered: list[tuple[sp.Basic, tuple[str, ...]]] = []
-    subs: dict[sp.Basic, sp.Basic] = {}
-    for name, sym in problem.symbols.items():
-        if not isinstance(sym, MatrixSymbol):
-            continue
-        rows = _dim_sizes(sym.shape[0], sizes)
-        cols = _dim_sizes(sym.shape[1], sizes)
-        subs[sym] = _cut(name, sym, fb.facts(sym), rows, cols, fb, slices, registered)
-    labels = inverse_labels(problem, fb)
+    blocking = _Blocking(problem, blocks, fb, collapse)
+    exprs = {o: problem.expressions[o] for o in problem.outputs}
+    for x in _all_inverted(exprs.values()):
+        blocking.name_inverted(x)
+    outputs = blocking.collapse_outputs(exprs) if collapse else {}
+    return Blocked(
+        blocks=dict(blocks),
+        size_symbols=blocking.sizes,
+        slices=blocking.slices,
+        lets=blocking.lets,
+        let_labels=blocking.let_labels,
+        outputs=outputs,
+        facts=blocking.registered,
+        symmetric_lets=blocking.symmetric_lets,
+    )
 
-    # identities of blocked dims
-    def block_identity(e: sp.Basic) -> sp.Basic:
+
+def _all_inverted(exprs: Iterable[sp.Basic]) -> list[sp.Basic]:
+    """Every inverted sub-expression of the outputs, once each, in order of appearance."""
+    out: list[sp.Basic] = []
+    for e in exprs:
+        for x in _inverses(e):
+            if x not in out:
+                out.append(x)
+    return out
+
+
+class _Blocking:
+    """The state of one blocked derivation: the inputs cut into blocks, and the named
+    intermediates (*lets*) with their facts and solver labels, built up as every inverted
+    sub-expression is named and blocked (:meth:`name_inverted`) before the outputs are
+    collapsed (:meth:`collapse_outputs`)."""
+
+    def __init__(self, problem: Problem, blocks: dict[str, int], fb: FactBase,
+                 collapse: bool) -> None:
+        self.fb = fb
+        self.collapse = collapse
+        self.sizes = _sizes(problem, blocks)
+        self.slices: dict[sp.Basic, tuple[str, int, int]] = {}
+        self.registered: list[tuple[sp.Basic, tuple[str, ...]]] = []
+        self.subs: dict[sp.Basic, sp.Basic] = {}  # input -> its block matrix
+        for name, sym in problem.symbols.items():
+            if not isinstance(sym, MatrixSymbol):
+                continue
+            rows = _dim_sizes(sym.shape[0], self.sizes)
+            cols = _dim_sizes(sym.shape[1], self.sizes)
+            self.subs[sym] = _cut(name, sym, fb.facts(sym), rows, cols, fb, self.slices,
+                                  self.registered)
+        self.labels = inverse_labels(problem, fb)
+        self.lets: list[tuple[sp.Basic, sp.Basic]] = []
+        self.let_labels: dict[sp.Basic, str] = {}
+        self.let_subs: dict[sp.Basic, sp.Basic] = {}  # Inverse(X) -> Inverse(let block matrix)
+        self.symmetric_lets: set[str] = set()
+
+    def block_identity(self, e: sp.Basic) -> sp.Basic:
+        """An identity of a blocked dimension as a block matrix of identities and zeros."""
         if isinstance(e, Identity):
-            parts = _dim_sizes(e.shape[0], sizes)
+            parts = _dim_sizes(e.shape[0], self.sizes)
             if len(parts) > 1:
                 return BlockMatrix(
                     [[Identity(r) if i == j else ZeroMatrix(r, c) for j, c in enumerate(parts)]
@@ -449,27 +492,46 @@ def _derive(
                 )
         return e
 
-    lets: list[tuple[sp.Basic, sp.Basic]] = []
-    let_labels: dict[sp.Basic, str] = {}
-    let_subs: dict[sp.Basic, sp.Basic] = {}  # Inverse(X) -> Inverse(let block matrix)
-    symmetric_lets: set[str] = set()
-    exprs = {o: problem.expressions[o] for o in problem.outputs}
-    all_inverted: list[sp.Basic] = []
-    for e in exprs.values():
-        for x in _inverses(e):
-            if x not in all_inverted:
-                all_inverted.append(x)
-    def let_grid(name: str, rows: list[sp.Basic], facts: frozenset[str],
+    def collapsed(self, e: sp.Basic) -> list[list[sp.Basic]]:
+        """``e`` over the blocked inputs, collapsed into a grid of factored block formulas."""
+        grid = _collapse(_block_inputs(e, self.subs, self.block_identity))
+        return [[factor_common(drop_zeros(v)) for v in row] for row in grid]
+
+    def name_inverted(self, x: sp.Basic) -> None:
+        """Name the inverted sub-expression ``x`` (a let, blocked like the inputs) and
+        record what its inverse becomes: the blocks of the blocked inverse, or the inverse
+        of the let."""
+        label = self.labels.get(canonical(x, self.fb), "inv")
+        facts = self.fb.facts(x)
+        value = x.xreplace(self.let_subs)
+        rows = _dim_sizes(x.shape[0], self.sizes)
+        let = MatrixSymbol(label, x.shape[0], x.shape[1])
+        if self.collapse:
+            value_grid = self.collapsed(value)
+        else:
+            value_grid = [[ZeroMatrix(r, c) for c in rows] for r in rows]
+        if SYMMETRIC in facts:
+            self.symmetric_lets.add(label)
+        grid = self.let_grid(label, rows, facts, value_grid)
+        self.let_labels[canonical(let, self.fb)] = label
+        if len(rows) >= 2:
+            inverse = self.blocked_inverse(grid, rows, label, facts, 0)
+            if inverse is not None:
+                self.let_subs[Inverse(x)] = BlockMatrix(inverse)
+        else:
+            self.let_subs[Inverse(x)] = Inverse(let)
+
+    def collapse_outputs(self, exprs: dict[str, sp.Basic]) -> dict[str, list[list[sp.Basic]]]:
+        """Every output with its inverses replaced, as a grid of block formulas."""
+        return {name: self.collapsed(e.xreplace(self.let_subs)) for name, e in exprs.items()}
+
+    def let_grid(self, name: str, rows: list[sp.Basic], facts: frozenset[str],
                  value_grid: list[list[sp.Basic]]) -> list[list[sp.Basic]]:
         """Named blocks for an intermediate (lower blocks and transposes when symmetric)."""
         sym_let = SYMMETRIC in facts
         lsyms: dict[tuple[int, int], sp.Basic] = {}
         cells: dict[tuple[int, int], sp.Basic] = {}
-        order = sorted(
-            ((i, j) for i in range(len(rows)) for j in range(len(rows))),
-            key=lambda ij: (ij[0] < ij[1], ij),
-        )
-        for i, j in order:
+        for i, j in _lower_blocks_first(len(rows), len(rows)):
             r, c = rows[i], rows[j]
             if len(rows) > 1 and _zero_block(facts, i, j):
                 cells[(i, j)] = ZeroMatrix(r, c)  # known zero: no block, no let
@@ -482,98 +544,82 @@ def _derive(
             props = set(facts) if len(rows) == 1 else (
                 _diagonal_block_facts(facts) if i == j else set()
             )
-            fb.declare(b, props)
-            registered.append((b, tuple(sorted(props))))
+            self.fb.declare(b, props)
+            self.registered.append((b, tuple(sorted(props))))
             lsyms[(i, j)] = b
-            lets.append((b, value_grid[i][j]))
+            self.lets.append((b, value_grid[i][j]))
             cells[(i, j)] = b
         return [[cells[(i, j)] for j in range(len(rows))] for i in range(len(rows))]
 
-    def blocked_inverse(grid: list[list[sp.Basic]], rows: list[sp.Basic], label: str,
+    def blocked_inverse(self, grid: list[list[sp.Basic]], rows: list[sp.Basic], label: str,
                         facts: frozenset[str], depth: int) -> list[list[sp.Basic]] | None:
-        """The blocks of the inverse: 2x2 through SymPy's Schur-complement rule; larger grids
-        re-blocked as [first block | the rest], the rest's Schur complement becoming a named
-        (blocked, SPD when the matrix is) intermediate inverted the same way."""
+        """The blocks of the inverse (None when only the symbols are built): 2x2 through
+        SymPy's Schur-complement rule, larger grids by their first block
+        (:meth:`inverse_by_first_block`)."""
         if len(grid) == 2:
-            a, bt, d = grid[0][0], grid[1][0], grid[1][1]
-            b = grid[0][1]
-            for schur, inner in ((d - bt * Inverse(a) * b, a), (a - b * Inverse(d) * bt, d)):
-                if PD in facts:
-                    fb.register(schur, {PD})
-                    registered.append((schur, (PD,)))
-                let_labels[canonical(schur, fb)] = label
-                let_labels[canonical(inner, fb)] = label
-            if not collapse:
-                return None
-            return [[drop_zeros(e) for e in row] for row in _collapse(Inverse(BlockMatrix(grid)))]
+            return self.inverse_2x2(grid, label, facts)
+        return self.inverse_by_first_block(grid, rows, label, facts, depth)
+
+    def inverse_2x2(self, grid: list[list[sp.Basic]], label: str,
+                    facts: frozenset[str]) -> list[list[sp.Basic]] | None:
+        """A 2x2 grid's inverse by SymPy's rule; both Schur complements (and the blocks they
+        invert) are labelled with the let's solver, and SPD when the matrix is."""
+        a, bt, d = grid[0][0], grid[1][0], grid[1][1]
+        b = grid[0][1]
+        for schur, inner in ((d - bt * Inverse(a) * b, a), (a - b * Inverse(d) * bt, d)):
+            if PD in facts:
+                self.fb.register(schur, {PD})
+                self.registered.append((schur, (PD,)))
+            self.let_labels[canonical(schur, self.fb)] = label
+            self.let_labels[canonical(inner, self.fb)] = label
+        if not self.collapse:
+            return None
+        return [[drop_zeros(e) for e in row] for row in _collapse(Inverse(BlockMatrix(grid)))]
+
+    def inverse_by_first_block(self, grid: list[list[sp.Basic]], rows: list[sp.Basic],
+                               label: str, facts: frozenset[str],
+                               depth: int) -> list[list[sp.Basic]]:
+        """A larger grid re-blocked as [first block | the rest]: the rest's Schur complement
+        becomes a named (blocked, SPD when the matrix is) intermediate inverted the same way,
+        and the blocks of the inverse become named intermediates too -- the outputs that use
+        them stay small expressions (``block_collapse`` of the unnamed formulas grows
+        exponentially)."""
         a = grid[0][0]
         brow, bcol = grid[0][1:], [row[0] for row in grid[1:]]
         ainv = Inverse(a)
-        let_labels[canonical(a, fb)] = label
+        self.let_labels[canonical(a, self.fb)] = label
         m = len(grid) - 1
         sc_value = [[factor_common(drop_zeros(grid[i + 1][j + 1] - bcol[i] * ainv * brow[j]))
                      for j in range(m)] for i in range(m)]
         sc_facts = frozenset(p for p in facts if p in _STRUCTURE)
-        sc_grid = let_grid(f"{label}_s{depth}", rows[1:], sc_facts, sc_value)
+        sc_grid = self.let_grid(f"{label}_s{depth}", rows[1:], sc_facts, sc_value)
         for row in sc_grid:
             for cell in row:
-                let_labels[canonical(cell, fb)] = label
-        sc_inv = blocked_inverse(sc_grid, rows[1:], label, sc_facts, depth + 1)
+                self.let_labels[canonical(cell, self.fb)] = label
+        sc_inv = self.blocked_inverse(sc_grid, rows[1:], label, sc_facts, depth + 1)
         if sc_inv is None:  # symbols only (reading the cache): placeholders for the values
             sc_inv = [[ZeroMatrix(r, c) for c in rows[1:]] for r in rows[1:]]
-        x = [ainv * brow[i] for i in range(m)]  # A^-1 B, a row of blocks
-        y = [bcol[j] * ainv for j in range(m)]  # C A^-1, a column of blocks
-        top = ainv + MatAdd(*[x[i] * sc_inv[i][j] * y[j] for i in range(m) for j in range(m)])
-        out = [[top] + [-MatAdd(*[x[i] * sc_inv[i][j] for i in range(m)]) for j in range(m)]]
-        for i in range(m):
-            out.append([-MatAdd(*[sc_inv[i][j] * y[j] for j in range(m)])]
-                       + [sc_inv[i][j] for j in range(m)])
-        # the blocks of the inverse become named intermediates: the outputs that use them stay
-        # small expressions (block_collapse of the unnamed formulas grows exponentially)
+        out = _inverse_from_schur(ainv, brow, bcol, sc_inv)
         inv_facts = frozenset(p for p in facts if p in _STRUCTURE)
-        inv_grid = let_grid(f"{label}_i{depth}", rows, inv_facts,
-                            [[factor_common(drop_zeros(e.doit(deep=False))) for e in row]
-                             for row in out])
-        return inv_grid
+        return self.let_grid(f"{label}_i{depth}", rows, inv_facts,
+                             [[factor_common(drop_zeros(e.doit(deep=False))) for e in row]
+                              for row in out])
 
-    for x in all_inverted:
-        label = labels.get(canonical(x, fb), "inv")
-        facts = fb.facts(x)
-        value = x.xreplace(let_subs)
-        rows = _dim_sizes(x.shape[0], sizes)
-        let = MatrixSymbol(label, x.shape[0], x.shape[1])
-        if collapse:
-            value_grid = _collapse(_block_inputs(value, subs, block_identity))
-            value_grid = [[factor_common(drop_zeros(v)) for v in row] for row in value_grid]
-        else:
-            value_grid = [[ZeroMatrix(r, c) for c in rows] for r in rows]
-        if SYMMETRIC in facts:
-            symmetric_lets.add(label)
-        grid = let_grid(label, rows, facts, value_grid)
-        let_labels[canonical(let, fb)] = label
-        if len(rows) >= 2:
-            inverse = blocked_inverse(grid, rows, label, facts, 0)
-            if inverse is not None:
-                let_subs[Inverse(x)] = BlockMatrix(inverse)
-        else:
-            let_subs[Inverse(x)] = Inverse(let)
-    outputs: dict[str, list[list[sp.Basic]]] = {}
-    for name, e in exprs.items():
-        if not collapse:
-            continue
-        replaced = e.xreplace(let_subs)
-        grid = _collapse(_block_inputs(replaced, subs, block_identity))
-        outputs[name] = [[factor_common(drop_zeros(v)) for v in row] for row in grid]
-    return Blocked(
-        blocks=dict(blocks),
-        size_symbols=sizes,
-        slices=slices,
-        lets=lets,
-        let_labels=let_labels,
-        outputs=outputs,
-        facts=registered,
-        symmetric_lets=symmetric_lets,
-    )
+
+def _inverse_from_schur(ainv: sp.Basic, brow: list[sp.Basic], bcol: list[sp.Basic],
+                        sc_inv: list[list[sp.Basic]]) -> list[list[sp.Basic]]:
+    """The blocks of [[A, B], [C, D]]^-1 from A^-1 and the inverse S^-1 of the Schur
+    complement S = D - C A^-1 B: [[A^-1 + A^-1 B S^-1 C A^-1, -A^-1 B S^-1],
+    [-S^-1 C A^-1, S^-1]], with B a row and C a column of blocks."""
+    m = len(brow)
+    x = [ainv * brow[i] for i in range(m)]  # A^-1 B, a row of blocks
+    y = [bcol[j] * ainv for j in range(m)]  # C A^-1, a column of blocks
+    top = ainv + MatAdd(*[x[i] * sc_inv[i][j] * y[j] for i in range(m) for j in range(m)])
+    out = [[top] + [-MatAdd(*[x[i] * sc_inv[i][j] for i in range(m)]) for j in range(m)]]
+    for i in range(m):
+        out.append([-MatAdd(*[sc_inv[i][j] * y[j] for j in range(m)])]
+                   + [sc_inv[i][j] for j in range(m)])
+    return out
 
 
 def _block_inputs(e: sp.Basic, subs: dict[sp.Basic, sp.Basic], block_identity) -> sp.Basic:
