@@ -1,4 +1,5 @@
-"""The house: no import cycle in the package, counting the imports made inside functions."""
+"""The house: no import cycle in the package, counting the imports made inside functions,
+and no function longer than the limit (but the listed ones, which may only shrink)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,70 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_check_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+#: the longest a function of ``autotune/`` may be, in lines (``def`` to its last line)
+MAX_FUNCTION_LINES = 100
+#: the functions still longer, each at its length when this list was written: a function here
+#: may shrink (then lower its number, or drop it once it fits) but never grow, and no other
+#: function may pass the limit. (module, qualified name, lines)
+LONG_FUNCTIONS: dict[tuple[str, str], int] = {
+    ("autotune.spec", "parse_problem"): 146,
+    ("autotune.formula", "parse_dim_formula"): 103,
+}
+
+
+def _function_lengths(tree: ast.AST) -> dict[str, int]:
+    """Qualified name (``Class.method``, ``outer.inner``) -> lines, nested functions too."""
+    out: dict[str, int] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = prefix + child.name
+                out[name] = max(out.get(name, 0), child.end_lineno - child.lineno + 1)
+                visit(child, name + ".")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, prefix + child.name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return out
+
+
+def _long_functions() -> dict[tuple[str, str], int]:
+    return {
+        (module, name): lines
+        for module, path in _modules().items()
+        for name, lines in _function_lengths(ast.parse(path.read_text())).items()
+        if lines > MAX_FUNCTION_LINES
+    }
+
+
+def test_no_function_is_longer_than_the_limit_or_its_allowance():
+    problems = []
+    for (module, name), lines in sorted(_long_functions().items()):
+        allowed = LONG_FUNCTIONS.get((module, name))
+        if allowed is None:
+            problems.append(f"{module}.{name}: {lines} lines, over {MAX_FUNCTION_LINES}: "
+                            "break it into named functions")
+        elif lines > allowed:
+            problems.append(f"{module}.{name}: {lines} lines, grown from {allowed}: it may "
+                            "only shrink")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_allowlist_names_only_long_functions():
+    """An entry whose function is gone or fits the limit is dropped, so the list only
+    shrinks."""
+    long = _long_functions()
+    stale = [f"{module}.{name}" for module, name in LONG_FUNCTIONS if (module, name) not in long]
+    assert not stale, "drop from LONG_FUNCTIONS (now within the limit or gone): " + ", ".join(
+        stale)
+
+
+def test_the_length_check_counts_methods_and_nested_functions():
+    tree = ast.parse("class A:\n    def f(self):\n        def g():\n            pass\n"
+                     "        return g\n\ndef h():\n    pass\n")
+    assert _function_lengths(tree) == {"A.f": 4, "A.f.g": 2, "h": 2}
