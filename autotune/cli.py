@@ -65,8 +65,9 @@ def _parse_dims(n: int | None, dim: tuple[str, ...], problem) -> dict[str, int]:
 
 
 def _default_targets(problem) -> list[str]:
-    """Every available target the problem's [search] allows (backend, threads); without a
-    [search] choice: numba at every thread count and the other backends at all threads."""
+    """Every available target the problem's [search] allows (backend, threads: threads alone
+    narrows the numba targets); without a [search] choice: numba at every thread count and
+    the other backends at all threads."""
     from .targets import available_targets, cpu_threads
 
     backends = problem.search.get("backend")
@@ -77,6 +78,10 @@ def _default_targets(problem) -> list[str]:
     for t in sorted(available_targets(), key=lambda t: (t.backend != "numba", -t.threads)):
         if backends is not None:
             if t.backend in backends and (threads is None or t.threads in threads):
+                out.append(t.name)
+            continue
+        if threads is not None:
+            if t.threads in threads and t.backend == "numba":
                 out.append(t.name)
             continue
         if t.backend == "numba" or t.device == "cuda" or t.threads == cpu_threads():
@@ -102,8 +107,8 @@ def _default_targets(problem) -> list[str]:
               help="Seconds for the whole run, final round included.")
 @click.option("--target", "targets", multiple=True,
               help="Target to search (repeatable): numba-t2, c-t1, jax-cpu, pytorch-cuda, ...")
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",
-              show_default=True)
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default=None,
+              help="Precision (default: the problem's [problem] dtype, else float64).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the sampler and of the random instance.")
 @click.option("--storage", default=None,
@@ -119,13 +124,14 @@ def _default_targets(problem) -> list[str]:
               "keeps big temporaries' pages between calls; 'system' is the C library's default.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run(problem_name: str, n: int | None, dim: tuple[str, ...], trials: int, timeout: float,
-        targets: tuple[str, ...], dtype: str, seed: int, storage: str | None, jobs: int,
-        out: Path, heap: str, quiet: bool) -> None:
+        targets: tuple[str, ...], dtype: str | None, seed: int, storage: str | None,
+        jobs: int, out: Path, heap: str, quiet: bool) -> None:
     """Tune a problem on this machine and store the best plan (default: the Kalman filter)."""
     from .spec import load_problem
     from .targets import check_available, parse_target
 
     problem = load_problem(problem_name)
+    dtype = dtype or problem.dtype
     dims = _parse_dims(n, dim, problem)
     for note in problem.notes:  # what the formulas imply (an inverted matrix is invertible)
         click.echo(f"note: {note}", err=True)

@@ -560,6 +560,9 @@ def _scalar_sign(c: sp.Basic, fb: FactBase) -> int:
                 return 0
             sign *= s
         return sign
+    if isinstance(c, sp.Add):  # a sum of terms of one known sign has that sign
+        signs = {_scalar_sign(t, fb) for t in c.args}
+        return signs.pop() if len(signs) == 1 else 0
     return 0
 
 
@@ -571,6 +574,8 @@ def _scalar_nonzero(c: sp.Basic, fb: FactBase) -> bool:
     if isinstance(c, (sp.Mul, sp.Pow)):
         parts = c.args if isinstance(c, sp.Mul) else [c.args[0]]
         return all(_scalar_nonzero(p, fb) for p in parts)
+    if isinstance(c, sp.Add):
+        return _scalar_sign(c, fb) != 0
     return False
 
 

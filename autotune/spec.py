@@ -18,7 +18,7 @@ Inputs: ``bandwidth = [lower, upper]`` declares a band (the numbers of sub- and 
 that may be nonzero; diagonal = [0, 0], tridiagonal = [1, 1]); it is checked against the
 shape at the default sizes and against the declared properties.
 
-Outputs may use other outputs by name (``T = "S + C"``), as they use definitions.
+Outputs may use other outputs by name (``S2 = "S + C"``), as they use definitions.
 
 What the formulas imply is added to the declared properties: a matrix the formula inverts is
 invertible, and an invertible semidefinite one positive definite (:attr:`Problem.notes` says
@@ -176,7 +176,10 @@ class Problem:
                 return spec
             if name in visiting:
                 cycle = " -> ".join(visiting[visiting.index(name) :] + [name])
-                raise SpecError(f"{self.origin}: dims: cyclic definition {cycle}")
+                named = "; ".join(f"{a} is another name for {t}"
+                                  for a, t in sorted(self.aliases.items()))
+                raise SpecError(f"{self.origin}: dims: cyclic definition {cycle}"
+                                + (f" ({named})" if named else ""))
             if len(visiting) >= MAX_CHAIN:
                 raise SpecError(
                     f"{self.origin}: dims.{name}: derived dimensions refer to each other more "
@@ -673,8 +676,9 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
     from .knobs import validate_search  # late import: space depends on spec
 
     try:
-        problem.resolve_dims()  # dims formulas evaluate at the defaults
+        values = problem.resolve_dims()  # dims formulas evaluate at the defaults
         _ = problem.expressions  # parse every formula now: errors surface at load time
+        _check_indices(problem, values)
         validate_search(problem)
     except RecursionError:
         raise SpecError(
@@ -682,6 +686,25 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
             "[definitions]"
         ) from None
     return problem
+
+
+def _check_indices(problem: Problem, values: Mapping[str, int]) -> None:
+    """Every partial access (``X[i, j]``) reads inside its matrix at the default sizes (other
+    sizes are checked when a candidate is derived)."""
+    from sympy.matrices.expressions import MatrixSlice
+
+    subs = {problem.dim_symbols[d]: v for d, v in values.items()}
+    for nm in problem.outputs:
+        for node in sp.preorder_traversal(problem.expressions[nm]):
+            if not isinstance(node, MatrixSlice):
+                continue
+            for (start, stop, _), size in zip((node.rowslice, node.colslice), node.parent.shape,
+                                              strict=True):
+                lo, hi, n = (int(x.subs(subs)) for x in (start, stop, size))
+                if not 0 <= lo < hi <= n:
+                    raise SpecError(f"{problem.origin}: outputs.{nm}: index range {lo}:{hi} is "
+                                    f"outside the {n} rows or columns of "
+                                    f"{_short_text(str(node.parent))} at the default sizes")
 
 
 def _dim_aliases(dims: Mapping[str, int | str], origin: str) -> dict[str, str]:
@@ -802,8 +825,9 @@ def _parse_formulas(problem: Problem) -> dict[str, sp.Basic]:
     for nm in formulas:
         build(nm)
     for nm in problem.outputs:
-        if not isinstance(done[nm], (MatrixExpr, sp.Expr)):
-            raise SpecError(f"{where_of[nm]}: not a matrix or scalar expression")
+        if not isinstance(done[nm], MatrixExpr):
+            raise SpecError(f"{where_of[nm]}: a scalar expression ({_short_text(str(done[nm]))})"
+                            "; an output is a matrix or a vector (x.T*y is a 1x1 matrix)")
     return done
 
 
