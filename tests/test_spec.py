@@ -705,3 +705,31 @@ def test_bandwidth_and_alias_parse():
     assert {"lower_bidiagonal", "lower_triangular", "invertible"} <= p.declared("B")
     assert p.bandwidth("B") == (1, 0) and p.bandwidth("B", {"n": 1}) is None
     assert p.shape_of("y", {"n": 7}) == (7, 1)
+
+
+def _tiny(dims: str, inputs: str, outputs: str):
+    return parse_problem(f'[problem]\nname = "t"\n[dims]\n{dims}\n[inputs]\n{inputs}\n'
+                         f"[outputs]\n{outputs}\n", "t.toml")
+
+
+def test_load_refuses_a_scalar_output_and_an_index_outside_the_matrix():
+    with pytest.raises(SpecError, match=r"outputs.y: a scalar expression"):
+        _tiny("n = 4", "s = { shape = [] }\nt = { shape = [] }", 'y = "s*t"')
+    with pytest.raises(SpecError, match=r"outputs.X: index range 7:8 is outside the 6"):
+        _tiny("n = 6", 'A = { shape = ["n", "n"] }', 'X = "A[7, 1]"')
+    assert _tiny("n = 6", 'A = { shape = ["n", "n"] }', 'X = "(A*A)[5, :]"')
+
+
+def test_a_dims_cycle_through_an_alias_names_it():
+    with pytest.raises(SpecError, match=r"cyclic definition k -> k \(n is another name for k\)"):
+        _tiny('n = "k"\nk = "n + 1"', 'A = { shape = ["n", "n"] }', 'X = "A"')
+
+
+def test_a_sum_of_positive_scalars_shifts_a_semidefinite_matrix_to_definite():
+    from autotune.properties import PD
+
+    p = _tiny("n = 5", 'C = { shape = ["n", "n"], properties = ["positive_semidefinite"] }\n'
+              'lam = { shape = [], properties = ["positive"] }\n'
+              'mu = { shape = [], properties = ["positive"] }',
+              'X = "C + (lam + mu)*eye(n)"')
+    assert PD in p.facts().facts(p.expressions["X"])
