@@ -50,6 +50,16 @@ def _forms_message() -> str:
             f"a name without -t<N> means all threads)")
 
 
+def _name(backend: str, device: str, threads: str) -> str:
+    """``<backend>-<device>`` off the CPU; on it ``<backend>-t<threads>`` for a backend that
+    only runs there, else ``<backend>-cpu-t<threads>``."""
+    if device != "cpu":
+        return f"{backend}-{device}"
+    if BACKENDS[backend].devices == ("cpu",):
+        return f"{backend}-t{threads}"
+    return f"{backend}-cpu-t{threads}"
+
+
 @dataclass(frozen=True, order=True)
 class Target:
     """A backend, a device and a CPU thread count.  Immutable and hashable.
@@ -83,11 +93,7 @@ class Target:
     @property
     def name(self) -> str:
         """``numba-t2``, ``c-t1``, ``jax-cpu-t2``, ``jax-cuda``, ``pytorch-cpu-t2``..."""
-        if self.device != "cpu":
-            return f"{self.backend}-{self.device}"
-        if BACKENDS[self.backend].devices == ("cpu",):
-            return f"{self.backend}-t{self.threads}"
-        return f"{self.backend}-cpu-t{self.threads}"
+        return _name(self.backend, self.device, str(self.threads))
 
     @property
     def spec(self) -> Backend:
@@ -202,11 +208,7 @@ class TargetInfo:
     @property
     def name(self) -> str:
         """Name pattern, e.g. ``numba-t<N>`` or ``jax-cuda``."""
-        if self.device != "cpu":
-            return f"{self.backend}-{self.device}"
-        if BACKENDS[self.backend].devices == ("cpu",):
-            return f"{self.backend}-t<N>"
-        return f"{self.backend}-cpu-t<N>"
+        return _name(self.backend, self.device, "<N>")
 
     def targets(self, max_threads: int | None = None) -> list[Target]:
         if self.device != "cpu":
