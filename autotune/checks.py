@@ -510,10 +510,13 @@ def _covers(rects: list[tuple[int, int, int, int]], rows: int, cols: int) -> boo
 
 def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
     """Inputs of ``program`` (a :class:`~autotune.program.Program`) some element of which may
-    be NaN or infinite while every output is finite: the elements that reach no output
-    through the operations of :data:`_PROPAGATING` (an input the program does not read at
-    all, the part of a symmetric input only one triangle of which is read, a matrix only
-    factorized or inverted). The call checks these inputs itself (their properties' checks
+    be NaN or infinite while every output is finite: the elements the program reads that reach
+    no output through the operations of :data:`_PROPAGATING` (the part of a symmetric input
+    only one triangle of which is read, a matrix only factorized or inverted), and an input
+    the program does not read at all. The part of an input that a partial access leaves
+    unread (``(A + B)[2, 2]`` reads one entry of each: slices marked ``partial``) changes no
+    output, as the formula says: it is not checked. Blocks (unmarked slices) are parts of an
+    input the formula reads whole. The call checks these inputs itself (their properties' checks
     may already do so).
 
     The analysis is at the level of blocks: a slice of an input is a region of it; a slice
@@ -528,6 +531,7 @@ def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
     by_step = {idx: name for name, idx in program.inputs.items()}
     # views: step -> (input name, rows, cols, transposed) in the input's coordinates
     views: dict[int, tuple[str, int, int, int, int, bool]] = {}
+    partial: set[int] = set()  # views through a partial access (a slice marked ``partial``)
     for i in live:
         s = steps[i]
         if s.op == "input" and i in by_step:
@@ -536,9 +540,13 @@ def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
         elif s.op == "transpose" and s.args[0] in views:
             name, r0, r1, c0, c1, t = views[s.args[0]]
             views[i] = (name, r0, r1, c0, c1, not t)
+            if s.args[0] in partial:
+                partial.add(i)
         elif s.op == "slice" and s.args[0] in views:
             from .formula import eval_dim
 
+            if s.attr("partial") or s.args[0] in partial:
+                partial.add(i)
             name, r0, r1, c0, c1, t = views[s.args[0]]
             (a0, a1), (b0, b1) = s.attr("rows"), s.attr("cols")
             a0, a1, b0, b1 = (eval_dim(x, env) for x in (a0, a1, b0, b1))
@@ -560,14 +568,36 @@ def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
                 ok = True
         reach[i] = ok
     regions: dict[str, list[tuple[int, int, int, int]]] = {}
+    read: dict[str, list[tuple[int, int, int, int]] | None] = {}
     for i, (name, r0, r1, c0, c1, _) in views.items():
         if reach.get(i, False):
             regions.setdefault(name, []).append((r0, r1, c0, c1))
+        if i in outputs or any(steps[c].op != "slice" for c, _ in consumers.get(i, ())):
+            if i in partial and read.get(name, []) is not None:
+                read.setdefault(name, []).append((r0, r1, c0, c1))  # type: ignore[union-attr]
+            else:
+                read[name] = None  # read whole (blocks of it are still all of it)
     unguarded = set()
     for name, idx in program.inputs.items():
         r, c = program.shape(idx, env)
         if r * c == 0:
             continue
-        if not _covers(regions.get(name, []), r, c):
+        # the parts of an input the program reads (a partial access reads a part: the rest
+        # changes no output, as the formula says); an input read nowhere is checked whole
+        wanted = read.get(name) or [(0, r, 0, c)]  # None (whole) or unread: all of it
+        if not all(_covers(_clip(regions.get(name, []), q), q[1] - q[0], q[3] - q[2])
+                   for q in wanted):
             unguarded.add(name)
     return unguarded
+
+
+def _clip(rects: list[tuple[int, int, int, int]], box: tuple[int, int, int, int]
+          ) -> list[tuple[int, int, int, int]]:
+    """``rects`` in the coordinates of ``box`` (each cut to it)."""
+    r0, r1, c0, c1 = box
+    out = []
+    for a0, a1, b0, b1 in rects:
+        q = (max(a0, r0) - r0, min(a1, r1) - r0, max(b0, c0) - c0, min(b1, c1) - c0)
+        if q[0] < q[1] and q[2] < q[3]:
+            out.append(q)
+    return out

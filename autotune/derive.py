@@ -54,7 +54,7 @@ from sympy.matrices.expressions import (
 
 from .blocking import Blocked, block_problem, inverse_labels
 from .errors import DerivationError, KnobError
-from .formula import MAX_FACTORS
+from .formula import MAX_FACTORS, eval_dim
 from .fusion import fuse
 from .kernels.registry import KERNELS
 from .knobs import normalize_knobs, solver_choices
@@ -234,6 +234,7 @@ class _Builder:
             self.labels.update(blocked.let_labels)
         self.factors: dict[sp.Basic, MatrixSymbol] = {}
         self.inputs: dict[str, int] = {}
+        self.structures: dict[sp.Basic, _Structure | None] = {}
 
     # -- steps ------------------------------------------------------------------------------
     def add(self, op: str, args: tuple[int, ...], shape: tuple[Any, Any], label: str = "",
@@ -264,6 +265,12 @@ class _Builder:
         if s.op == "transpose":
             return s.args[0]
         return self.add("transpose", (i,), (s.shape[1], s.shape[0]), f"({s.label}).T")
+
+    def step_size(self, i: int) -> tuple[int, int]:
+        """The concrete shape of step ``i``."""
+        env = {str(k): v for k, v in self.fb.dims.items()}
+        r, c = self.steps[i].shape
+        return eval_dim(r, env), eval_dim(c, env)
 
     def size(self, d: sp.Basic) -> int:
         v = self.fb.size(d)
@@ -407,7 +414,7 @@ class _Builder:
                                       f"0:{n} at these sizes")
             bounds.append((_dim_text(start), _dim_text(stop)))
         return self.add("slice", (self.emit(e.parent),), e.shape, _label(e),
-                        rows=bounds[0], cols=bounds[1])
+                        rows=bounds[0], cols=bounds[1], partial=True)
 
     def scale(self, step: int, coeff: sp.Basic, e: sp.Basic) -> int:
         if coeff == 1:
@@ -617,6 +624,11 @@ class _Builder:
 
     # -- products with a structured operand ---------------------------------------------------
     def structure(self, leaf: sp.Basic) -> _Structure | None:
+        if leaf not in self.structures:
+            self.structures[leaf] = self._structure(leaf)
+        return self.structures[leaf]
+
+    def _structure(self, leaf: sp.Basic) -> _Structure | None:
         """The structure a product kernel can exploit in a chain factor: a diagonal, a banded
         (narrow band: tridiagonal, bidiagonal, a declared ``bandwidth``) or a triangular
         matrix (an input, a factor or its transpose); None for a dense one."""
@@ -774,7 +786,12 @@ class _Builder:
             sa, sb = self.steps[a], self.steps[b]
             left = self.structure(leaves[t.i]) if t.left.i == t.left.j else None
             right = self.structure(leaves[t.j]) if t.right.i == t.right.j else None
-            if self.knobs["syrk"] and sa.op == "transpose" and sa.args[0] == b:
+            one_a = self.step_size(a) == (1, 1)
+            one_b = self.step_size(b) == (1, 1)
+            if one_a or one_b:  # a product with a 1x1 factor is a scaling
+                mat, factor = (b, a) if one_a else (a, b)
+                step = self.add("scale", (mat, factor), shape, text, coeff=1.0, powers=(1,))
+            elif self.knobs["syrk"] and sa.op == "transpose" and sa.args[0] == b:
                 step = self.add("syrk", (b,), shape, text, alpha=1.0, beta=0.0)
             elif self.knobs["syrk"] and sb.op == "transpose" and sb.args[0] == a:
                 # X @ X.T = (X.T).T @ (X.T): the rank-k update of X.T (a view)

@@ -46,6 +46,7 @@ __all__ = [
     "parse_dim_formula",
     "formula_names",
     "tree_size",
+    "nodes",
     "chain_length",
     "MAX_NODES",
     "MAX_FACTORS",
@@ -158,6 +159,24 @@ def tree_size(e: sp.Basic, memo: dict[sp.Basic, int] | None = None) -> int:
         stack.append((node, True))
         stack.extend((a, False) for a in node.args if a not in memo)
     return memo[e]
+
+
+def nodes(e: sp.Basic) -> list[sp.Basic]:
+    """The distinct nodes of ``e``, each shared node once (a DAG of shared definitions walked
+    as a tree is exponentially long; SymPy's ``atoms``, ``has`` and ``preorder_traversal``
+    walk it so)."""
+    out: list[sp.Basic] = []
+    seen: set[int] = set()
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        out.append(x)
+        if isinstance(x, sp.Basic):
+            stack.extend(x.args)
+    return out
 
 
 def chain_length(e: sp.Basic) -> int:

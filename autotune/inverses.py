@@ -112,8 +112,23 @@ def _must_be_invertible(x: sp.Basic) -> list[sp.Basic]:
     return out
 
 
+def _matrix_atoms(e: sp.Basic) -> set[MatrixSymbol]:
+    """The matrix symbols of ``e``, each shared node visited once."""
+    from .formula import nodes
+
+    return {x for x in nodes(e) if isinstance(x, MatrixSymbol)}
+
+
 def _text(e: sp.Basic, names: Mapping[sp.Basic, str], fb: FactBase) -> str:
-    return names.get(canonical(e, fb)) or str(e)
+    """The name of ``e`` (a definition's) or its text; a large expression (a DAG of shared
+    definitions, whose text is exponentially long) is named by its size."""
+    from .formula import tree_size
+
+    name = names.get(canonical(e, fb))
+    if name:
+        return name
+    size = tree_size(e)
+    return str(e) if size <= 200 else f"a {type(e).__name__} of {size} nodes"
 
 
 def assume_invertible(
@@ -157,7 +172,7 @@ def assume_invertible(
                                      "(invertible and positive semidefinite)")
                 else:
                     out.notes.append(f"{what} {how}, so it is taken as invertible")
-            psd = sorted((a for a in x.atoms(MatrixSymbol)
+            psd = sorted((a for a in _matrix_atoms(x)
                           if PSD in declared.get(a, ()) and PD not in fb.atoms.get(a, ())
                           and a not in out.full_rank), key=str)
             if psd and not (len(psd) == 1 and psd[0] == x):

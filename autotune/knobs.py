@@ -34,6 +34,7 @@ from typing import Any
 from sympy.matrices.expressions import MatrixSlice
 
 from .errors import KnobError, SpecError
+from .formula import nodes
 from .properties import DIAGONAL, LOWER, ORTHOGONAL, PD, SYMMETRIC, UPPER, FactBase
 from .rules import REWRITE_CHOICES, rewrites_apply
 
@@ -117,7 +118,8 @@ def knob_space(problem, dims: Mapping[str, int] | None = None) -> dict[str, list
     space: dict[str, list[Any]] = {}
     # a partial access (X[i, j]) reads a part of an unblocked value: such formulas are not
     # partitioned into blocks
-    whole = not any(problem.expressions[o].has(MatrixSlice) for o in problem.outputs)
+    whole = not any(isinstance(x, MatrixSlice) for o in problem.outputs
+                    for x in nodes(problem.expressions[o]))
     for d in problem.dims:
         most = MAX_BLOCKS if whole else 1
         space[f"blocks.{d}"] = [b for b in range(1, most + 1) if b <= values[d]]

@@ -45,6 +45,7 @@ from sympy.matrices.expressions import (
     ZeroMatrix,
 )
 
+from .formula import tree_size
 from .properties import FactBase, canonical, split_coeff
 
 __all__ = [
@@ -64,6 +65,9 @@ PHASES = ("normalize", "alternative")
 REWRITE_CHOICES = ("cheapest", "as_written", 1, 2)
 #: the most distinct variants of one expression :func:`variants` returns (the original first)
 MAX_VARIANTS = 16
+#: formulas larger than this (written out as a tree) get no alternatives: each variant is
+#: costed by deriving the whole program (the shipped formulas have at most about 60 nodes)
+MAX_REWRITE_NODES = 1000
 #: normalizing passes over one expression before giving up (each pass is a full walk)
 MAX_PASSES = 50
 
@@ -397,6 +401,8 @@ def variants(expr: sp.Basic, fb: FactBase, limit: int = MAX_VARIANTS,
     is visited at no more than ``max_sites`` nodes, so a huge formula stays cheap."""
     rules = [r for r in RULES.values() if r.phase == "alternative"]
     start = normalize(expr, fb)
+    if tree_size(start) > MAX_REWRITE_NODES:  # each variant is costed by a derivation
+        return [start]
     seen = {canonical(start, fb)}
     out = [start]
     queue = [start]

@@ -50,6 +50,7 @@ from .formula import (
     FUNCTIONS,
     MAX_NODES,
     formula_names,
+    nodes,
     parse_dim_formula,
     parse_formula,
     tree_size,
@@ -695,7 +696,7 @@ def _check_indices(problem: Problem, values: Mapping[str, int]) -> None:
 
     subs = {problem.dim_symbols[d]: v for d, v in values.items()}
     for nm in problem.outputs:
-        for node in sp.preorder_traversal(problem.expressions[nm]):
+        for node in nodes(problem.expressions[nm]):
             if not isinstance(node, MatrixSlice):
                 continue
             for (start, stop, _), size in zip((node.rowslice, node.colslice), node.parent.shape,

@@ -657,3 +657,22 @@ def test_concurrent_calls_with_big_inputs_use_the_check_threads(folder):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_a_partial_access_leaves_the_unread_part_unchecked():
+    """``(A + B)[2, 2]`` reads one entry of A and of B: a NaN elsewhere changes no output (the
+    formula says so), so neither input is scanned; the formula as written slices a computed
+    sum, which the analysis does not follow (conservative): both inputs are scanned there."""
+    from autotune.derive import derive
+    from autotune.knobs import default_knobs
+    from autotune.spec import parse_problem
+
+    p = parse_problem('[problem]\nname = "part"\n[dims]\nn = 6\n[inputs]\n'
+                      'A = { shape = ["n", "n"] }\nB = { shape = ["n", "n"] }\n'
+                      '[outputs]\nX = "(A + B)[2, 2]"\n', "part")
+    dims = p.resolve_dims({})
+    part = derive(p, default_knobs(p), dims)
+    assert [s.attr("partial") for s in part.steps if s.op == "slice"] == [True, True]
+    assert checks.unguarded_inputs(part, dims) == set()
+    whole = derive(p, {**default_knobs(p), "rewrite": "as_written"}, dims)
+    assert checks.unguarded_inputs(whole, dims) == {"A", "B"}

@@ -307,3 +307,36 @@ def test_triangular_solve_of_a_transposed_rhs_solves_from_the_right(dtype, lower
     ref = sl.solve_triangular(l, b.T, lower=lower, trans=trans)
     tol = 1e-12 if dtype == "float64" else 1e-5
     np.testing.assert_allclose(f(l.astype(dtype), b.astype(dtype)), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_cholesky_of_an_input_copies_it_as_it_is(dtype, layout):
+    """A Cholesky that may not overwrite its input (a graph input) is LowerCholesky: a plain
+    copy of the lower triangle, LAPACK on its Fortran view; only the lower triangle is read,
+    the upper one of the result is zero, and a matrix that is not positive definite gives NaN
+    (as PyTensor's numba Cholesky); a temporary is still factored in place by PyTensor's op."""
+    from autotune.kernels import factorization_ops  # noqa: F401  (registers the rewrite)
+    from autotune.pinned import pinned_mode
+
+    mode = pinned_mode(pytensor.compile.mode.get_mode("NUMBA"))
+    m = pt.matrix("M", shape=(9, 9), dtype=dtype)
+    f = pytensor.function([m], pt.linalg.cholesky(m, lower=True), mode=mode)
+    assert [type(n.op).__name__ for n in f.maker.fgraph.toposort()] == ["LowerCholesky"]
+    assert kernel_counts(f)["Cholesky"] == 1
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal((9, 9))
+    a = (g @ g.T / 9 + np.eye(9)).astype(dtype)
+    a = np.asfortranarray(a) if layout == "F" else a
+    messy = a.copy()
+    messy[0, 5] = np.nan  # the strict upper triangle is never read
+    ref = np.linalg.cholesky(a.astype(np.float64))
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for x in (a, messy):
+        got = f(x)
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+        assert not np.triu(got, 1).any()
+    assert np.isnan(f(-a)).all()
+    temp = pytensor.function([m], pt.linalg.cholesky(m @ m.T + m.T @ m, lower=True), mode=mode)
+    chol = [n.op for n in temp.maker.fgraph.toposort() if "Cholesky" in type(n.op).__name__]
+    assert [type(op).__name__ for op in chol] == ["Cholesky"] and chol[0].overwrite_a

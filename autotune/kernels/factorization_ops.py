@@ -44,13 +44,16 @@ import numba
 import numpy as np
 import pytensor.tensor as pt
 from numba.core.extending import overload
+from pytensor.compile.mode import optdb
 from pytensor.gradient import grad_not_implemented
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
+from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
 from pytensor.link.numba.cache import _call_cached_ptr
 from pytensor.link.numba.dispatch import basic as numba_basic
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 from pytensor.scalar import upcast
+from pytensor.tensor.linalg.decomposition.cholesky import Cholesky
 from scipy.linalg import lapack as scipy_lapack
 
 from .backends import on_backend_import
@@ -67,7 +70,7 @@ from .blas import (
     mirror_lower_to_upper,
 )
 
-__all__ = ["SPDInverse", "spd_inverse"]
+__all__ = ["LowerCholesky", "SPDInverse", "spd_inverse"]
 
 class SPDInverse(Op):
     """Inverse of a symmetric positive definite matrix by Cholesky (LAPACK ``potrf``, ``potri``).
@@ -292,3 +295,122 @@ def _register_pytorch() -> bool:
 
 on_backend_import("jax", _register_jax)
 on_backend_import("pytorch", _register_pytorch)
+
+
+# --------------------------------------------------------------------------------------------
+# Cholesky of a matrix the graph may not overwrite (an input): one plain copy
+# --------------------------------------------------------------------------------------------
+
+
+class LowerCholesky(Op):
+    """The lower Cholesky factor ``L`` (``L @ L.T == x``) of an SPD ``x`` of which only the lower
+    triangle is read, into a new C-ordered matrix, the strict upper triangle zero; NaN where
+    ``potrf`` fails (as PyTensor's numba ``Cholesky``).
+
+    PyTensor's numba ``Cholesky`` without ``overwrite_a`` (its input is a graph input, or used
+    elsewhere) copies a C-ordered ``x`` into Fortran order, a transposing copy. Here ``x`` is
+    copied as it is (a memcpy for a C-ordered ``x``), and LAPACK sees the copy as its Fortran
+    transpose: ``potrf`` of its upper triangle there is the factor of ``x``'s lower triangle. A
+    late Numba rewrite (:func:`local_cholesky_of_input`) puts it in place of a lower
+    ``Cholesky`` that does not overwrite its input.
+    """
+
+    __props__ = ()
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        if x.type.ndim != 2 or x.type.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"LowerCholesky: a float32/float64 matrix, got {x.type}")
+        return Apply(self, [x], [pt.tensor(dtype=x.type.dtype, shape=x.type.shape)])
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[0]]
+
+    def perform(self, node, inputs, output_storage):
+        import scipy.linalg
+
+        (x,) = inputs
+        try:
+            out = scipy.linalg.cholesky(np.tril(x) + np.tril(x, -1).T, lower=True,
+                                        check_finite=False)
+        except np.linalg.LinAlgError:
+            out = np.full_like(x, np.nan)
+        output_storage[0][0] = np.ascontiguousarray(out, dtype=node.outputs[0].type.dtype)
+
+    def pullback(self, inputs, outputs, cotangents):
+        return [grad_not_implemented(self, 0, inputs[0], "LowerCholesky has no gradient")]
+
+
+def _lower_cholesky_into(out):
+    """``out := chol(out)`` in place (C-contiguous, lower triangle read and written, strict
+    upper triangle zeroed); returns LAPACK's ``info``. Numba-only (overloaded)."""
+    raise NotImplementedError("_lower_cholesky_into is only callable from numba-compiled code")
+
+
+@overload(_lower_cholesky_into)
+def _lower_cholesky_into_impl(out):
+    dtype = str(out.dtype)
+    if dtype not in _FLOAT_DTYPES:
+        raise numba.TypingError(f"_lower_cholesky_into: unsupported dtype {out.dtype}")
+    xpotrf = _numba_xpotr("potrf", dtype)
+    int32_max = _INT32_MAX
+
+    def impl(out):
+        n = out.shape[0]
+        if n == 0:
+            return 0
+        if n > int32_max:
+            raise ValueError("LowerCholesky: dimension too large for 32-bit LAPACK")
+        uplo = _val_to_ptr(np.int8(ord("U")))  # the upper triangle of out.T, Fortran's view
+        n_ptr = _val_to_ptr(np.int32(n))
+        info = _val_to_ptr(np.int32(0))
+        xpotrf(uplo, n_ptr, out.ctypes, n_ptr, info)
+        for i in range(n - 1):
+            out[i, i + 1 :] = 0.0  # C rows: contiguous
+        return _ptr_to_val(info)
+
+    return impl
+
+
+@register_funcify_default_op_cache_key(LowerCholesky)
+def numba_funcify_LowerCholesky(op, node, **kwargs):
+    @numba_basic.numba_njit
+    def lower_cholesky_numba(x):
+        n = x.shape[0]
+        if x.shape[1] != n:
+            raise ValueError("LowerCholesky: `x` must be square")
+        out = _alloc_square(n, x)
+        _numba_copy_lower(x, out)  # any layout of x; x itself is never written
+        if _lower_cholesky_into(out) != 0:
+            out[:] = np.nan
+        return out
+
+    cache_version = 1
+    return lower_cholesky_numba, cache_version
+
+
+@node_rewriter([Cholesky])
+def local_cholesky_of_input(fgraph, node):
+    """A lower ``Cholesky`` that may not overwrite its input -> :class:`LowerCholesky`
+    (Numba backend): a plain copy instead of a transposing one."""
+    op = node.op
+    (x,) = node.inputs
+    if not op.lower or getattr(op, "overwrite_a", False) or x.type.ndim != 2:
+        return None
+    if x.type.dtype not in _FLOAT_DTYPES or node.outputs[0].type.dtype != x.type.dtype:
+        return None
+    new = LowerCholesky()(x)
+    if new.type != node.outputs[0].type:
+        return None
+    copy_stack_trace(node.outputs[0], new)
+    return [new]
+
+
+# After the in-place pass (blockwise_inplace, 50.1) decided which Cholesky may overwrite its
+# input, and after the Blockwise wrapper is gone (60): Numba backend only.
+optdb.register(
+    "autotune_cholesky_of_input",
+    in2out(local_cholesky_of_input, name="autotune_cholesky_of_input"),
+    "numba",
+    position=62,
+)

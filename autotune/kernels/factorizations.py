@@ -58,6 +58,10 @@ def _spd_inv_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any])
 
 
 def _lower_cholesky(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    # loading factorization_ops registers the late Numba rewrite to LowerCholesky where the
+    # factorization may not overwrite its input (a plain copy, not a transposing one)
+    from . import factorization_ops  # noqa: F401  (registers the rewrite)
+
     return _linalg().cholesky(args[0], lower=True)
 
 
