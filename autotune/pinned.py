@@ -38,6 +38,7 @@ __all__ = [
     "REWRITE_MODES",
     "REQUIRED_EXCLUSIONS",
     "MERGE_PASSES",
+    "OTHER_KERNEL_CHOICES",
     "PARTIAL_EVALUATION",
     "PROGRAM_KERNELS",
     "excluded_rewrites",
@@ -64,6 +65,11 @@ REQUIRED_EXCLUSIONS = (
 #: ``A[i] @ B[:, j]``): partial access is the derivation's choice (the rules
 #: ``slice_of_product``, ``slice_of_sum``), so the formula as written computes it all.
 PARTIAL_EVALUATION = ("local_subtensor_of_dot", "local_subtensor_of_batch_dims")
+
+#: Kernel choices PyTensor makes outside its linear-algebra package: a product with a
+#: diagonal operand (by assumption) or a 1x1 one becomes an elementwise scaling. The
+#: derivation makes these choices itself (``diag_mul``, ``scale``).
+OTHER_KERNEL_CHOICES = ("dot_diag_to_elemwise", "local_dot_to_mul")
 
 #: The merge passes (PyTensor's common-subexpression elimination).
 MERGE_PASSES = ("merge1", "merge1.1", "merge1.2", "merge2", "merge3", "MergeOptimizer")
@@ -108,11 +114,13 @@ def excluded_rewrites() -> tuple[str, ...]:
                 else:
                     name = getattr(obj, "name", None) or getattr(obj, "__name__", None)
                     if name and (_rewriter_module(obj).startswith(_LINALG_REWRITES)
-                                 or name in PARTIAL_EVALUATION):
+                                 or name in PARTIAL_EVALUATION
+                                 or name in OTHER_KERNEL_CHOICES):
                         names.add(str(name))
 
     walk(optdb)
-    missing = [n for n in (*REQUIRED_EXCLUSIONS, *PARTIAL_EVALUATION) if n not in names]
+    missing = [n for n in (*REQUIRED_EXCLUSIONS, *PARTIAL_EVALUATION, *OTHER_KERNEL_CHOICES)
+               if n not in names]
     if missing:  # pragma: no cover - depends on the PyTensor version
         raise RuntimeError(
             f"PyTensor no longer registers the rewrites {missing}: "
