@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.matrices.exceptions import ShapeError
 from sympy.matrices.expressions import (
     Identity,
     Inverse,
@@ -112,13 +113,17 @@ def product(coeff: sp.Basic, mats: list[sp.Basic]) -> sp.Basic:
     """``coeff * mats[0] * mats[1] * ...``, flattened, identity factors dropped."""
     flat: list[sp.Basic] = []
     for m in mats:
+        if not isinstance(m, MatrixExpr):  # a scalar factor (a MatMul's coefficient)
+            coeff = coeff * m
+            continue
         c, ms = split_coeff(m)
         coeff = coeff * c
         flat.extend(x for x in ms if not isinstance(x, Identity))
     if not flat:
-        flat = [Identity(mats[0].shape[0])]
+        first = next(m for m in mats if isinstance(m, MatrixExpr))
+        flat = [Identity(first.shape[0])]
     if any(isinstance(x, ZeroMatrix) for x in flat):
-        return ZeroMatrix(mats[0].shape[0], mats[-1].shape[1])
+        return ZeroMatrix(flat[0].shape[0], flat[-1].shape[1])
     if coeff == 1:
         return flat[0] if len(flat) == 1 else MatMul(*flat)
     return MatMul(coeff, *flat)
@@ -359,12 +364,21 @@ def _rewrite_once(expr: sp.Basic, rules: list[Rule], fb: FactBase,
         if changed:
             node = rebuild(node, args)
     for rule in rules:
-        got = rule.apply(node, fb)
+        got = _offers(rule, node, fb)
         if got:
             node = got[0]
             break
     memo[expr] = node
     return node
+
+
+def _offers(rule: Rule, node: sp.Basic, fb: FactBase) -> list[sp.Basic]:
+    """What ``rule`` offers for ``node``; a rule that fails on an expression it did not
+    foresee offers nothing (the formula as written stays a candidate)."""
+    try:
+        return rule.apply(node, fb)
+    except (TypeError, ValueError, ShapeError):
+        return []
 
 
 def normalize(expr: sp.Basic, fb: FactBase) -> sp.Basic:
@@ -412,8 +426,11 @@ def variants(expr: sp.Basic, fb: FactBase, limit: int = MAX_VARIANTS,
             if n_site >= max_sites or len(out) >= limit:
                 break
             for rule in rules:
-                for alt in rule.apply(node, fb):
-                    new = normalize(_replace(current, path, alt), fb)
+                for alt in _offers(rule, node, fb):
+                    try:
+                        new = normalize(_replace(current, path, alt), fb)
+                    except (TypeError, ValueError, ShapeError):
+                        continue  # an alternative SymPy cannot build is no alternative
                     key = canonical(new, fb)
                     if key in seen:
                         continue

@@ -31,7 +31,10 @@ from typing import Any  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
 
-PROBLEMS = ("kalman", "gls", "tikhonov", "mmse", "enkf")
+#: every shipped problem (search_spaces/): the five the tool was built around first
+PROBLEMS = ("kalman", "gls", "tikhonov", "mmse", "enkf", "adi_heat", "bfgs", "cca", "eq_qp",
+            "etkf", "gp_regression", "information_filter", "levenberg_marquardt",
+            "lqr_riccati", "rts_smoother", "sygst", "whittaker", "wls")
 SIZES = ("small", "medium")
 
 #: (problem, size) -> free-dimension overrides; a missing pair is skipped (asv shows n/a).
@@ -42,6 +45,8 @@ CASES: dict[tuple[str, str], dict[str, int]] = {
     ("tikhonov", "small"): {"n": 200},  # m = 400
     ("mmse", "small"): {"n": 200},  # m = 400
     ("enkf", "small"): {"n": 400, "N": 50},  # m = 100
+    # the application corpus: n = 200 (their other dimensions follow n)
+    **{(p, "small"): {"n": 200} for p in PROBLEMS[5:]},
 }
 SEED = 0
 

@@ -12,7 +12,7 @@ definitions of LAAB-Python's README). The published scores (PyTorch 7/17, Tensor
 JAX 6/17) use the 17 tests of LAAB-Python's ``laab_python/src/*/config.json``; two tests of
 earlier LAAB versions (diagonal A B, block-diagonal A B) are run too and marked as extra.
 
-Each test is a problem file in ``benchmarks/laab/`` (the file stem is LAAB's experiment name).
+Each test is a problem file in ``benchmarks/laab_tests/`` (the file stem is LAAB's experiment name).
 This script, per test:
 
 1. tunes it with ``autotune run --problem FILE --n N --dtype float32 --target numba-t1`` (a
@@ -67,7 +67,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-LAAB_DIR = Path(__file__).resolve().parent / "laab"
+LAAB_DIR = Path(__file__).resolve().parent / "laab_tests"
 DTYPE = "float32"  # LAAB: single precision
 TARGET = "numba-t1"  # LAAB: one thread
 PASS_LOSS = 0.05  # LAAB's cutoff
@@ -246,7 +246,7 @@ def _blocked_inputs(n: int, rng: np.random.Generator, dtype: Any) -> dict[str, n
 
 @dataclass(frozen=True)
 class LaabTest:
-    """One LAAB test: its problem file ``benchmarks/laab/<key>.toml``, the expression as
+    """One LAAB test: its problem file ``benchmarks/laab_tests/<key>.toml``, the expression as
     written (one Python function of the inputs by name, valid over NumPy, JAX and PyTorch
     arrays alike), the references, and what an expert computes."""
 
@@ -555,7 +555,8 @@ def write_markdown(results: Sequence[TestResult], meta: Mapping[str, Any],
         f"repetitions per implementation, interleaved (order shuffled per repetition), a "
         f"{SCRUB_BYTES // 2**20} MB cache scrub before each timing; one BLAS thread "
         f"(threadpoolctl), {meta.get('pinning', 'process pinned to one CPU')}",
-        f"- autotune: `autotune run --problem benchmarks/laab/<test>.toml --n {meta.get('n')} "
+        "- autotune: `autotune run --problem benchmarks/laab_tests/<test>.toml "
+        f"--n {meta.get('n')} "
         f"--dtype float32 --target {TARGET} --trials {meta.get('trials')} --timeout "
         f"{meta.get('timeout')}`, then the plan loaded with `autotune.load_plan` and called "
         "as a user calls it (keyword arguments, checks on)",

@@ -555,19 +555,32 @@ def test_huge_finite_outputs_are_not_mistaken_for_overflow():
     assert not checks.all_finite(a)
 
 
-@pytest.mark.parametrize("problem", problem_names())
-@pytest.mark.parametrize("point", ["flop-optimal", "seed-2x2"])
+#: the five original problems are probed at every element, unblocked and 2 x 2 blocked; the
+#: corpus problems at a seeded sample of elements of the unblocked plan (CI time)
+ORIGINAL = ("kalman", "gls", "tikhonov", "mmse", "enkf")
+NAN_CASES = [(p, point) for p in problem_names() for point in ("flop-optimal", "seed-2x2")
+             if p in ORIGINAL or point == "flop-optimal"]
+SAMPLED = 12
+
+
+@pytest.mark.parametrize(("problem", "point"), NAN_CASES)
 def test_every_non_finite_element_of_every_input_is_named(folder, dims_for, problem, point):
     """A NaN, +inf or -inf at each element of each input of each shipped problem (small
     sizes; unblocked and 2 x 2 blocked plans): the error names that input."""
+    import random
+
     p = load_problem(problem)
     fn = shipped(folder, problem, dims_for(p), point)
     x = _instance(fn, seed=3)
     fn(**x)
+    rng = random.Random(problem)
     for name in fn.input_names:
         if not fn.shapes[name]:
             continue
-        for idx in np.ndindex(*fn.shapes[name]):
+        where = list(np.ndindex(*fn.shapes[name]))
+        if problem not in ORIGINAL and len(where) > SAMPLED:
+            where = rng.sample(where, SAMPLED)
+        for idx in where:
             for value in (np.nan, np.inf, -np.inf):
                 y = dict(x)
                 y[name] = x[name].copy()

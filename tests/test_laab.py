@@ -1,4 +1,4 @@
-"""The LAAB benchmark in the project (``benchmarks/laab.py``, ``benchmarks/laab/*.toml``):
+"""The LAAB benchmark in the project (``benchmarks/laab.py``, ``benchmarks/laab_tests/*.toml``):
 the problem files parse (or are listed, with the reason, as not expressible yet), they state
 LAAB's expressions, the references t+ and t- compute what the expression says, LAAB's
 statistics, and the report writer. Nothing here times anything for real."""
@@ -23,7 +23,7 @@ from benchmarks import laab  # noqa: E402
 NOT_EXPRESSIBLE: dict[str, str] = {
     # every file parses since partial access ("(A + B)[2, 2]") and "tridiagonal" are in the
     # language; the block-diagonal test parses only because its file states the blocks as
-    # separate inputs (see benchmarks/laab/am_blocked.toml)
+    # separate inputs (see benchmarks/laab_tests/am_blocked.toml)
 }
 
 SMALL = 8  # even: the block-diagonal test halves n

@@ -274,3 +274,14 @@ def test_woodbury_accuracy_follows_the_conditioning(condition):
     err = relative_error(got[0], ref.outputs["X"])
     assert ref.condition >= condition / 10
     assert err <= tolerance("float64", ref.condition, 40), (err, ref.condition)
+
+
+def test_woodbury_of_a_scaled_identity_plus_low_rank():
+    """``inv(c*I + Y*Y.T)`` (a scalar coefficient in the easy part): the Woodbury variant
+    builds, derives and computes the formula (it once failed to build inside SymPy)."""
+    p = _low_rank_problem('Y = { shape = ["n", "k"] }\nc = { shape = [], properties = '
+                          '["positive"] }\nx = { shape = ["n", 1] }', "inv(c*eye(n) + Y*Y.T)*x")
+    fb = p.facts(p.resolve_dims({}))
+    assert len(variants(p.expressions["X"], fb)) > 1
+    prog, _ = _check_numbers(p)
+    assert _solved_sizes(prog, p.resolve_dims({})) == [3]

@@ -18,6 +18,8 @@ from autotune.reference import evaluate_reference
 from autotune.spec import Problem, load_problem, parse_problem, problem_names
 
 SHIPPED = problem_names()
+#: the five problems the tool was built around (their plans are in results/)
+ORIGINAL = ("kalman", "gls", "tikhonov", "mmse", "enkf")
 
 
 def test_shipped_problems_are_found():
@@ -44,7 +46,8 @@ def test_overrides_give_derived_dims(name):
     dims = p.resolve_dims({"n": 100})
     assert dims["n"] == 100
     derived = {d: v for d, v in p.dims.items() if isinstance(v, str)}
-    assert derived, "every shipped problem has a derived dimension"
+    if name in ORIGINAL:
+        assert derived, "each of the five original problems has a derived dimension"
     for d, formula in derived.items():
         expected = eval(formula.replace("n", "100"), {"__builtins__": {}})  # trusted test text
         assert dims[d] == expected, (d, formula)
@@ -682,10 +685,11 @@ def test_from_sympy_refuses_text_instead_of_expressions():
     assert p.shape_of("x", p.resolve_dims()) == (4, 4)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", ORIGINAL)
 def test_shipped_problems_need_no_inference(name):
-    """Every matrix the shipped problems invert is definite as declared: the inference adds
-    nothing, so their derivations and stored plans are unchanged."""
+    """Every matrix the five original problems invert is definite as declared: the inference
+    adds nothing, so their derivations and stored plans are unchanged (the corpus problems
+    rely on it by design: covariances declared semidefinite and inverted)."""
     p = load_problem(name)
     assert p.notes == [] and p.full_rank_inputs == set() and p.aliases == {}
     for nm, spec in p.inputs.items():
