@@ -241,7 +241,7 @@ def numba_funcify_SPDInverse(op, node, **kwargs):
             out[:] = np.nan
         return out
 
-    cache_version = 1
+    cache_version = 2
     return spd_inverse_numba, cache_version
 
 

@@ -574,7 +574,7 @@ def numba_funcify_SymRankK(op, node, **kwargs):
             _syrk_full(a, out, alpha, 0.0)
             return out
 
-    cache_version = 4
+    cache_version = 5
     return sym_rank_k_numba, cache_version
 
 
@@ -691,7 +691,7 @@ def numba_funcify_SymProduct(op, node, **kwargs):
             _sym_gemm_lower(a, b, out, alpha, 0.0, _numba_n_blocks(blocks, k))
             return out
 
-    cache_version = 2
+    cache_version = 3
     return sym_product_numba, cache_version
 
 
