@@ -92,15 +92,14 @@ def test_reference_scalar_and_identity():
     p = parse_problem(
         '[dims]\nn = 4\n[inputs]\nA = { shape = ["n", "n"], properties = ["spd"] }\n'
         'a = { shape = [], properties = ["positive"] }\n'
-        '[outputs]\ny = "inv(A + a*eye(n))*A/2 - A.T"\ns = "a*a + 1"\n',
+        '[outputs]\ny = "inv(A + a*eye(n))*A/2 - A.T"\ns = "(a*a + 1)*A"\n',
         origin="t.toml",
     )
     inst = random_instance(p, seed=4)
     ref = evaluate_reference(p, inst)
     A, a = inst["A"], inst["a"]
     np.testing.assert_allclose(ref.outputs["y"], inv(A + a * np.eye(4)) @ A / 2 - A.T, rtol=RTOL)
-    assert ref.outputs["s"].shape == ()
-    assert float(ref.outputs["s"]) == pytest.approx(a * a + 1, rel=1e-14)
+    np.testing.assert_allclose(ref.outputs["s"], (a * a + 1) * A, rtol=1e-14)
 
 
 def test_relative_error():
