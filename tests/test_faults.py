@@ -90,6 +90,16 @@ def _trial_states(tmp_path, config):
 ])
 def test_a_signal_at_any_phase_leaves_a_plan_and_no_running_trial(tmp_path, fake_worker,
                                                                    monkeypatch, fault):
+    # Ctrl-C as in a fresh process: Python's own SIGINT handler (a test run earlier in this
+    # process, or a library it imported, may have replaced it)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _signal_at_any_phase(tmp_path, monkeypatch, fault)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _signal_at_any_phase(tmp_path, monkeypatch, fault):
     monkeypatch.setenv("AUTOTUNE_FAULT", fault)
     monkeypatch.setattr("autotune.faults._counts", {})
     config = _config(tmp_path)
