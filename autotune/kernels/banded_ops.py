@@ -12,15 +12,13 @@ JAX / PyTorch: the band masked out of ``a``, then their matmul.
 from __future__ import annotations
 
 import numpy as np
-import pytensor.tensor as pt
 from pytensor.gradient import grad_not_implemented
-from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch import basic as numba_basic
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 
 from .backends import on_backend_import
-from .blas import _FLOAT_DTYPES
+from .blas import like_b_node
 
 __all__ = ["BandMatMul", "band_matmul"]
 
@@ -38,13 +36,7 @@ class BandMatMul(Op):
         self.lower, self.upper, self.side = int(lower), int(upper), side
 
     def make_node(self, a, b):
-        a, b = pt.as_tensor_variable(a), pt.as_tensor_variable(b)
-        if a.type.ndim != 2 or b.type.ndim != 2:
-            raise TypeError("BandMatMul: `a` and `b` must be matrices")
-        if a.type.dtype not in _FLOAT_DTYPES or b.type.dtype != a.type.dtype:
-            raise TypeError(f"BandMatMul: float32/float64 operands of one dtype, got "
-                            f"{a.type.dtype}, {b.type.dtype}")
-        return Apply(self, [a, b], [pt.tensor(dtype=b.type.dtype, shape=b.type.shape)])
+        return like_b_node(self, a, b)
 
     def infer_shape(self, fgraph, node, shapes):
         return [shapes[1]]

@@ -35,6 +35,22 @@ _NUMPY_MIRROR_BLOCK = 256
 _NUMPY_ALLOC_MIN_BYTES = 4 * 2**20
 
 
+def like_b_node(op, a, b):
+    """The node of an op of two float matrices ``a``, ``b`` of one dtype whose result has
+    ``b``'s type (a triangular solve, a banded product); errors name the op."""
+    import pytensor.tensor as pt
+    from pytensor.graph.basic import Apply
+
+    name = type(op).__name__
+    a, b = pt.as_tensor_variable(a), pt.as_tensor_variable(b)
+    if a.type.ndim != 2 or b.type.ndim != 2:
+        raise TypeError(f"{name}: `a` and `b` must be matrices")
+    if a.type.dtype not in _FLOAT_DTYPES or b.type.dtype != a.type.dtype:
+        raise TypeError(f"{name}: float32/float64 operands of one dtype, got "
+                        f"{a.type.dtype}, {b.type.dtype}")
+    return Apply(op, [a, b], [pt.tensor(dtype=b.type.dtype, shape=b.type.shape)])
+
+
 def mirror_lower_to_upper(x: np.ndarray, block: int = _NUMPY_MIRROR_BLOCK) -> np.ndarray:
     """Copy the strict lower triangle of the square array ``x`` onto its upper one, in place.
 

@@ -51,7 +51,14 @@ from pytensor.tensor.elemwise import DimShuffle
 from pytensor.tensor.linalg.solvers.triangular import SolveTriangular
 
 from .backends import on_backend_import
-from .blas import _FLOAT_DTYPES, _INT32_MAX, _blas_routine, _numba_gemm_operand, _val_to_ptr
+from .blas import (
+    _FLOAT_DTYPES,
+    _INT32_MAX,
+    _blas_routine,
+    _numba_gemm_operand,
+    _val_to_ptr,
+    like_b_node,
+)
 
 __all__ = ["TriangularMatMul", "TriangularSolve", "trmm"]
 
@@ -277,14 +284,7 @@ class TriangularSolve(Op):
         self.side = side
 
     def make_node(self, a, b):
-        a = pt.as_tensor_variable(a)
-        b = pt.as_tensor_variable(b)
-        if a.type.ndim != 2 or b.type.ndim != 2:
-            raise TypeError("TriangularSolve: `a` and `b` must be matrices")
-        if a.type.dtype not in _FLOAT_DTYPES or b.type.dtype != a.type.dtype:
-            raise TypeError(f"TriangularSolve: float32/float64 operands of one dtype, got "
-                            f"{a.type.dtype}, {b.type.dtype}")
-        return Apply(self, [a, b], [pt.tensor(dtype=b.type.dtype, shape=b.type.shape)])
+        return like_b_node(self, a, b)
 
     def infer_shape(self, fgraph, node, shapes):
         return [shapes[1]]
