@@ -47,6 +47,13 @@ class PlanWarning(UserWarning):
     """A plan runs here, but was tuned elsewhere (other machine or library versions)."""
 
 
+#: Plans computing fewer FLOPs skip the BLAS thread limit (see ``TunedFunction._setup_call``).
+SMALL_WORK_FLOPS = 1e5
+#: Outputs of at most this many elements are checked for finiteness in Python.
+SMALL_OUTPUT = 16
+_MISSING = object()
+
+
 class Outputs(tuple):
     """The outputs in declared order; also by name (``out.newSigma`` or ``out['newSigma']``)."""
 
@@ -325,6 +332,15 @@ class TunedFunction:
         # the thread limit: none off the CPU; skipped when already in force, unless the
         # backend sets more than BLAS threads (pytorch)
         self._limit = "none" if not cpu else ("full" if t.backend == "pytorch" else "fast")
+        try:
+            work = self.program.flops(self.dims)
+        except Exception:  # noqa: BLE001 - cannot tell: limit as for any plan
+            work = math.inf
+        if self._limit == "fast" and work < SMALL_WORK_FLOPS:
+            # BLAS runs a call this small on one thread whatever its limit: checking the
+            # limits (a C call per library) would cost more than the work
+            self._limit = "none"
+        self._np_dtype = np.dtype(self.dtype)
         self._c_blas = cpu and t.backend == "c"
         matrices = [n for n in self.input_names if self.shapes[n]]
         try:
@@ -349,6 +365,26 @@ class TunedFunction:
 
     # -- argument checks ------------------------------------------------------------------
     def _bind(self, args: tuple, kwargs: dict) -> list[Any]:
+        names = self.input_names
+        if not args and len(kwargs) == len(names):
+            given = [kwargs.get(n, _MISSING) for n in names]
+        elif not kwargs and len(args) == len(names):
+            given = list(args)
+        else:
+            given = None
+        if given is None or any(v is _MISSING for v in given):
+            return self._bind_slowly(args, kwargs)
+        values: list[Any] = []
+        for n, v in zip(names, given, strict=True):
+            try:
+                values.append(self._check(n, v))
+            except InputError:
+                if self.check_finite:
+                    self._raise_first_nonfinite(values)
+                raise
+        return values
+
+    def _bind_slowly(self, args: tuple, kwargs: dict) -> list[Any]:
         if len(args) > len(self.input_names):
             raise InputError(f"{self.problem.name}: takes {len(self.input_names)} inputs "
                              f"({', '.join(self.input_names)}), got {len(args)} positional")
@@ -381,6 +417,9 @@ class TunedFunction:
 
     def _check(self, name: str, value: Any) -> Any:
         shape = self.shapes[name]
+        if value.__class__ is np.ndarray and value.dtype == self._np_dtype and shape \
+                and value.shape == shape:
+            return self._check_matrix(name, value)
         if not shape:
             if not np.isscalar(value) and np.ndim(value) != 0:
                 raise InputError(f"input {name}: expected a scalar, got shape {np.shape(value)}")
@@ -399,6 +438,10 @@ class TunedFunction:
                 raise InputError(f"input {name}: dtype {arr.dtype} would lose precision in this "
                                  f"{self.dtype} plan; cast it explicitly")
             arr = arr.astype(self.dtype)
+        return self._check_matrix(name, arr)
+
+    def _check_matrix(self, name: str, arr: np.ndarray) -> np.ndarray:
+        """The per-call checks of a matrix input of the right shape and dtype."""
         sym, lower, upper, scan = self._input_checks[name]
         if scan and not self._checks.all_finite(arr, self._check_threads):
             raise InputError(_not_finite(name))
@@ -467,7 +510,13 @@ class TunedFunction:
 
     def _outputs_finite(self, out: Sequence[np.ndarray]) -> bool:
         finite = self._checks.all_finite
-        return all(finite(o, self._check_threads) for o in out)
+        for o in out:
+            if o.size <= SMALL_OUTPUT:  # a few elements: cheaper in Python than a kernel call
+                if not all(map(math.isfinite, o.ravel().tolist())):
+                    return False
+            elif not finite(o, self._check_threads):
+                return False
+        return True
 
     # -- calling --------------------------------------------------------------------------
     def _limits_in_force(self) -> bool:
@@ -508,7 +557,7 @@ class TunedFunction:
             if self.check_finite or self.check_properties:
                 self._diagnose(values, cause=exc)
             raise
-        out = [np.asarray(o) for o in out]
+        out = [o if o.__class__ is np.ndarray else np.asarray(o) for o in out]
         if self.check_finite and not self._outputs_finite(out):
             self._diagnose(values)
         return Outputs(self.output_names, out)

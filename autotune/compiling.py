@@ -19,12 +19,16 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from .blas_setup import _BLAS_WARNING, c_blas_ldflags
 from .errors import CompileError
 from .target_names import Target, check_available
 from .threads import thread_limit
 
 __all__ = ["CompiledFunction", "compile_function"]
+
+_NDARRAY = np.ndarray
 
 
 def _device_context(t: Target) -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
@@ -64,7 +68,7 @@ class CompiledFunction:
     Calls are not thread-limited: wrap them in :func:`thread_limit`.
     """
 
-    __slots__ = ("target", "function", "_context", "_convert", "_warm")
+    __slots__ = ("target", "function", "_context", "_convert", "_warm", "_direct")
 
     def __init__(self, target: Target, function: Any,
                  context: Callable[[], contextlib.AbstractContextManager[Any]] | None,
@@ -75,8 +79,14 @@ class CompiledFunction:
         self._context = context
         self._convert = convert
         self._warm = not target.spec.lazy_jit
+        self._direct: _Direct | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        direct = self._direct
+        if direct is not None and not kwargs:
+            out = direct(args)
+            if out is not None:
+                return out
         if not self._warm:
             return self._first_call(args, kwargs)
         if self._context is None:
@@ -110,10 +120,60 @@ class CompiledFunction:
                 f"{_first_line(exc)}"
             ) from exc
         self._warm = True
+        if self._context is None and not self._convert:
+            self._direct = _Direct.of(self.function)
         return out
 
     def __repr__(self) -> str:
         return f"CompiledFunction(target={self.target.name!r})"
+
+
+class _Direct:
+    """The jitted function of a compiled Numba graph, called without PyTensor's ``Function``
+    around it: ``Function.__call__`` fills the input containers, runs the thunk (which calls
+    the jitted function with the containers' values) and reads the output containers, which
+    after a cache scrub costs about 0.3 ms -- more than small computations (LAAB's
+    partial-access tests). Used only where this is exactly what the thunk does: every input of
+    the thunk is an input container of the function, in order, nothing is updated, and each
+    argument is an ndarray of the dtype and rank its input was compiled for (anything else
+    goes through ``Function``, which converts or refuses it)."""
+
+    __slots__ = ("jit", "kinds")
+
+    def __init__(self, jit: Callable[..., Any], kinds: tuple[tuple[Any, int], ...]) -> None:
+        self.jit = jit
+        self.kinds = kinds
+
+    @classmethod
+    def of(cls, function: Any) -> _Direct | None:
+        vm = getattr(function, "vm", None)
+        jit = getattr(vm, "jit_fn", None)
+        storage = getattr(function, "input_storage", None)
+        if jit is None or storage is None or getattr(function, "_has_updates", True):
+            return None
+        ins = getattr(vm, "inputs", None)
+        outs = getattr(vm, "outputs", None)
+        if (ins is None or outs is None or len(ins) != len(storage)
+                or any(a is not c.storage for a, c in zip(ins, storage, strict=True))
+                or len(outs) != len(function.output_storage)
+                or function.unpack_single or function.return_none):
+            return None
+        try:
+            kinds = tuple((np.dtype(i.variable.type.dtype), i.variable.type.ndim)
+                          for i in function.maker.inputs)
+        except (AttributeError, TypeError):
+            return None
+        return cls(jit, kinds) if len(kinds) == len(storage) else None
+
+    def __call__(self, args: tuple) -> list[Any] | None:
+        """The outputs, or None when ``args`` must go through ``Function``."""
+        kinds = self.kinds
+        if len(args) != len(kinds):
+            return None
+        for a, (dtype, ndim) in zip(args, kinds, strict=True):
+            if a.__class__ is not _NDARRAY or a.dtype != dtype or a.ndim != ndim:
+                return None
+        return list(self.jit(*args))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autotune import InputError, checks, load_plan
+from autotune import InputError, api, checks, load_plan
 from autotune.instances import random_instance
 from autotune.plan import _digest
 from autotune.reference import evaluate_reference, relative_error
@@ -603,7 +603,8 @@ def test_the_thread_limit_is_in_force_during_every_call(folder, monkeypatch):
     limit had to be set (threadpoolctl) or was already in force (nothing set)."""
     from threadpoolctl import threadpool_limits
 
-    fn = shipped(folder, "kalman", {"n": 12})  # numba-t1
+    fn = shipped(folder, "kalman", {"n": 40})  # numba-t1
+    assert fn.program.flops(fn.dims) >= api.SMALL_WORK_FLOPS and fn._limit == "fast"
     x = _instance(fn)
     real = fn._fn
     seen: list[set[int]] = []
@@ -632,6 +633,27 @@ def test_the_thread_limit_is_in_force_during_every_call(folder, monkeypatch):
     finally:
         fn._fn = real
         fn._thread_limit = original
+
+
+def test_a_plan_of_little_work_leaves_the_thread_limit_alone(folder):
+    """Under SMALL_WORK_FLOPS BLAS runs on one thread anyway: the call neither sets nor
+    checks the limit (a C call per library, more than the work), and computes the same."""
+    fn = shipped(folder, "kalman", {"n": 4})
+    assert fn.program.flops(fn.dims) < api.SMALL_WORK_FLOPS and fn._limit == "none"
+    x = _instance(fn)
+    entered: list[int] = []
+    original = fn._thread_limit
+    fn._thread_limit = lambda target: entered.append(1) or original(target)
+    fn._limits_in_force = lambda: entered.append(2) or True
+    try:
+        got = fn(**x)
+    finally:
+        fn._thread_limit = original
+        del fn._limits_in_force
+    assert entered == []
+    want = fn.function(*[x[n] for n in fn.input_names])
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_concurrent_calls_with_big_inputs_use_the_check_threads(folder):

@@ -312,6 +312,38 @@ def test_example_inputs_warm_up_lazy_backends():
     assert float(fn(np.ones(4))) == 4.0
 
 
+def test_a_warm_numba_function_calls_its_jitted_graph_directly():
+    """After the first call a Numba function skips PyTensor's ``Function`` (its cold-call
+    overhead exceeds small computations) and calls the jitted graph: same results; arguments
+    of another dtype or rank, and keyword arguments, still go through ``Function``."""
+    import pytensor.tensor as pt
+
+    a = pt.matrix("a", dtype="float32")
+    b = pt.matrix("b", dtype="float32")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    y = np.ones((2, 3), np.float32)
+    fn2 = T.compile_function("numba-t1", [a, b], [a @ b.T, a + b])
+    want = [x @ y.T, x + y]
+    assert fn2._direct is None  # not before the lazy compile
+    got0 = fn2(x, y)
+    assert fn2._direct is not None and fn2._direct.jit is fn2.function.vm.jit_fn
+    calls: list[int] = []
+    real = fn2._direct.jit
+    fn2._direct.jit = lambda *v: calls.append(1) or real(*v)
+    got = fn2(x, y)
+    assert calls == [1]
+    for g0, g, w in zip(got0, got, want, strict=True):
+        np.testing.assert_array_equal(g0, w)
+        np.testing.assert_array_equal(g, w)
+    with pytest.raises(TypeError):  # float64 into float32: Function refuses the downcast
+        fn2(x.astype(np.float64), y)
+    with pytest.raises(TypeError):  # a vector for a matrix
+        fn2(np.ones(3, np.float32), y)
+    got = fn2(a=x, b=y)  # by keyword: through Function
+    assert calls == [1]
+    np.testing.assert_array_equal(got[1], x + y)
+
+
 # --------------------------------------------------------------------------------------------
 # Threads and environment
 # --------------------------------------------------------------------------------------------
