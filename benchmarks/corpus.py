@@ -117,12 +117,14 @@ def _dims_text(dims: Mapping[str, int]) -> str:
 # -- plans ---------------------------------------------------------------------------------------
 
 
-def find_existing(name: str, dims: Mapping[str, int], plans: Path) -> tuple[Path | None, str]:
+def find_existing(name: str, dims: Mapping[str, int], plans: Path,
+                  stored: bool = True) -> tuple[Path | None, str]:
     """``(path, where it comes from)`` of a float64 plan of ``name`` at exactly ``dims``:
-    in ``plans``, then (shipped problems) among the stored plans in results/."""
+    in ``plans``, then (shipped problems, unless ``stored`` is false) among the stored plans
+    in results/."""
 
     folders = [(plans, f"found in {plans}")]
-    if name in SHIPPED:
+    if name in SHIPPED and stored:
         folders.append((RESULTS, "stored in results/"))
     for folder, source in folders:
         path = _find(name, dims, folder)
@@ -205,7 +207,7 @@ def new_row(name: str, dims: Mapping[str, int]) -> dict[str, Any]:
 def obtain_plan(row: dict[str, Any], opts: argparse.Namespace) -> None:
     """Fill in the row's plan: found, tuned now, or the failure with its reason."""
     name, dims = row["problem"], row["dims"]
-    path, source = find_existing(name, dims, opts.plans)
+    path, source = find_existing(name, dims, opts.plans, stored=not opts.no_stored)
     if path is not None:
         row.update(plan=str(path), plan_source=source)
         return
@@ -545,6 +547,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="folder of the plans (default: <out>/corpus-plans)")
     ap.add_argument("--reps", type=int, default=10, help="interleaved timed rounds")
     ap.add_argument("--no-tune", action="store_true", help="only the plans already there")
+    ap.add_argument("--no-stored", action="store_true",
+                    help="ignore the stored plans in results/ (tune the shipped problems too)")
     ap.add_argument("--out", type=Path, default=RESULTS,
                     help="folder of CORPUS.md and corpus.json (default: results/)")
     ap.add_argument("--scale", type=float, default=1.0,
