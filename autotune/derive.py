@@ -56,7 +56,7 @@ from .blocking import Blocked, block_problem, inverse_labels
 from .errors import DerivationError, KnobError
 from .formula import MAX_FACTORS, eval_dim
 from .fusion import fuse
-from .kernels.registry import KERNELS
+from .kernels.registry import KERNELS, Operand, structured_product
 from .knobs import normalize_knobs, solver_choices
 from .program import Program, Step
 from .properties import (
@@ -629,9 +629,10 @@ class _Builder:
         return self.structures[leaf]
 
     def _structure(self, leaf: sp.Basic) -> _Structure | None:
-        """The structure a product kernel can exploit in a chain factor: a diagonal, a banded
-        (narrow band: tridiagonal, bidiagonal, a declared ``bandwidth``) or a triangular
-        matrix (an input, a factor or its transpose); None for a dense one."""
+        """The product kernel a chain factor's structure allows (an input or its transpose,
+        square): the kernel registry decides (:func:`~autotune.kernels.registry.
+        structured_product`: a diagonal, a narrow band, a triangle...); None for a dense
+        one."""
         if isinstance(leaf, (Inverse, Identity, ZeroMatrix)) or not isinstance(
             leaf, (MatrixSymbol, Transpose)
         ):
@@ -639,32 +640,26 @@ class _Builder:
         base, trans = (leaf.arg, True) if isinstance(leaf, Transpose) else (leaf, False)
         if not isinstance(base, MatrixSymbol) or base.shape[0] != base.shape[1]:
             return None
-        facts = self.fb.facts(base)
-        if DIAGONAL in facts:
-            return _Structure("diagonal", base, True, trans)
-        band = self.fb.bandwidth(leaf)
-        n = self.size(base.shape[0])
-        if band is not None and sum(band) + 1 < n / 2:  # under half a triangle's work
-            return _Structure("banded", base, True, trans, band)
-        if (LOWER in facts) != (UPPER in facts):
-            return _Structure("triangular", base, LOWER in facts, trans)
-        return None
+        operand = Operand(frozenset(self.fb.facts(base)), self.fb.bandwidth(leaf),
+                          self.size(base.shape[0]), trans)
+        found = structured_product(operand)
+        if found is None:
+            return None
+        kernel, attrs = found
+        assert kernel.structured is not None
+        return _Structure(kernel.name, base, trans, tuple(sorted(attrs.items())),
+                          kernel.structured.transposed)
 
     def structured_product(self, left: _Structure | None, right: _Structure | None, a: int,
                            b: int, shape: tuple[Any, Any], text: str) -> int:
-        """``a @ b`` where a structured operand (``left`` for ``a``, else ``right`` for
-        ``b``) makes it a scaling (diagonal) or a triangular product (TRMM)."""
+        """``a @ b`` by the kernel a structured operand (``left`` for ``a``, else ``right``
+        for ``b``) allows."""
         st, side, other = (left, "left", b) if left is not None else (right, "right", a)
         assert st is not None
-        base = self.emit(st.base)
-        if st.kind == "diagonal":
-            return self.add("diag_mul", (base, other), shape, text, side=side)
-        if st.kind == "banded":
-            matrix = self.transpose(base) if st.trans else base
-            return self.add("band_mul", (matrix, other), shape, text, lower=st.band[0],
-                            upper=st.band[1], side=side)
-        return self.add("trmm", (base, other), shape, text, lower=st.lower, trans=st.trans,
-                        side=side, alpha=1.0)
+        matrix = self.emit(st.base)
+        if st.transposed and st.trans:
+            matrix = self.transpose(matrix)
+        return self.add(st.kernel, (matrix, other), shape, text, side=side, **dict(st.attrs))
 
     # -- chains --------------------------------------------------------------------------------
     def chain(self, leaves: list[sp.Basic], label: str) -> int:
@@ -808,25 +803,22 @@ class _Builder:
 
 @dataclass(frozen=True)
 class _Structure:
-    """A chain factor's exploitable structure: ``kind`` 'diagonal' or 'triangular', the
-    square matrix ``base`` it is (transposed when ``trans``), lower or upper."""
+    """A chain factor's structure as a product kernel uses it: the ``kernel``, the square
+    matrix ``base`` the factor is (transposed when ``trans``), the step's attributes, and
+    whether the kernel takes the factor as a transposed view (``transposed``)."""
 
-    kind: str
+    kernel: str
     base: MatrixSymbol
-    lower: bool
     trans: bool
-    band: tuple[int, int] = (0, 0)  # the factor's (lower, upper) band, for 'banded'
-
-
-_STRUCTURED_KERNELS = {"diagonal": "diag_mul", "triangular": "trmm", "banded": "band_mul"}
+    attrs: tuple[tuple[str, Any], ...]
+    transposed: bool = False
 
 
 def _structured_cost(st: _Structure, shapes: tuple[tuple[int, int], ...], side: str) -> float:
     """FLOPs of a product with a structured operand on ``side``, from the kernel registry."""
     (m, _), (_, n) = shapes
     square, other = (shapes[0], shapes[1]) if side == "left" else (shapes[1], shapes[0])
-    attrs = {"side": side, "lower": st.band[0], "upper": st.band[1]}
-    return KERNELS[_STRUCTURED_KERNELS[st.kind]].cost((square, other), (m, n), attrs)
+    return KERNELS[st.kernel].cost((square, other), (m, n), {**dict(st.attrs), "side": side})
 
 
 def _label(e: sp.Basic, limit: int = 80) -> str:

@@ -220,6 +220,45 @@ def test_a_registered_kernel_is_covered(monkeypatch):
     test_kernel_computes_its_pattern(twice, 0, "float64", "NUMBA")
 
 
+def test_a_registered_structured_kernel_is_chosen_by_the_derivation(monkeypatch):
+    """A product kernel that exploits a structure is one record: registered with a
+    ``structured`` use, the derivation offers it every square factor and emits it where it
+    matches (here a symmetric factor, which no shipped kernel takes), costing it by its own
+    cost; nothing in the derivation names it."""
+    from autotune.derive import _derive_cached, derive
+    from autotune.kernels.registry import StructuredUse
+    from autotune.space import named_point
+    from autotune.spec import parse_problem
+
+    def halves(shapes, shape, attrs):
+        return float(shape[0] * shape[1] * shapes[0][0])  # half of a GEMM
+
+    symm = Kernel("symm_test", "symmetric times general", "S @ B  (S symmetric)", "product",
+                  halves, lambda step, a, env, dtype: a[0] @ a[1],
+                  reference=lambda step, x: x[0] @ x[1],
+                  examples=(Example(((3, 3), (3, 2)), (3, 2), 18.0),),
+                  structured=StructuredUse(
+                      5, lambda f: {"uplo": "L"} if SYMMETRIC in f.facts else None))
+    monkeypatch.setitem(KERNELS._kernels, "symm_test", symm)
+    problem = parse_problem(
+        "[problem]\nname = 'symm_probe'\n[dims]\nn = 40\n[inputs]\n"
+        "S = { shape = ['n', 'n'], properties = ['symmetric'] }\n"
+        "B = { shape = ['n', 'n'] }\n[outputs]\nX = 'B*S*B'\n", origin="symm_probe.toml")
+    dims = problem.resolve_dims({})
+    _derive_cached.cache_clear()  # derivations are cached per problem and knobs
+    program = derive(problem, named_point(problem, "flop-optimal", dims), dims)
+    used = [s for s in program.steps if s.op == "symm_test"]
+    assert len(used) == 1 and used[0].attr("uplo") == "L"
+    assert used[0].attr("side") in ("left", "right")
+    n = 40
+    assert program.flops(dims) == pytest.approx(n * n * n + 2.0 * n * n * n)
+    monkeypatch.delitem(KERNELS._kernels, "symm_test")
+    _derive_cached.cache_clear()
+    dense = derive(problem, named_point(problem, "flop-optimal", dims), dims)
+    assert not any(s.op == "symm_test" for s in dense.steps)
+    assert dense.flops(dims) == pytest.approx(4.0 * n * n * n)
+
+
 def test_importing_the_registry_loads_no_compiler():
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ,

@@ -16,7 +16,10 @@ pictures (:mod:`autotune.graph`) read it. One module per family registers its re
 
 Adding a kernel is adding a record (and, when PyTensor has no op for it, the op) to its family
 module: the registry tests (tests/test_kernel_registry.py) then check it against NumPy, its FLOP
-count against its examples and its pinned compile.
+count against its examples and its pinned compile. A product kernel that exploits a structured
+factor (diagonal, banded, triangular...) says which in its record (``structured``, a
+:class:`~autotune.kernels.registry.StructuredUse`): the derivation offers it every square chain
+factor and emits it where it matches, without naming it.
 
 The record modules are light: importing this package loads neither numba nor PyTensor. The
 project's own ops are defined in :mod:`~autotune.kernels.product_ops` (:class:`SymRankK`,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .registry import Example, Kernel, register_kernel
+from .registry import Example, Kernel, Operand, StructuredUse, register_kernel
 
 __all__ = ["BANDED"]
 
@@ -37,6 +37,14 @@ def _ref_band_mul(step: Any, x: list[Any]) -> Any:
     return a @ x[1] if step.attr("side", "left") == "left" else x[1] @ a
 
 
+def _banded_factor(f: Operand) -> Mapping[str, Any] | None:
+    """A factor with a narrow band (under half a triangle's work: ``lower + upper + 1 <
+    n / 2``), as the chain reads it (a transpose swaps the band)."""
+    if f.band is None or sum(f.band) + 1 >= f.n / 2:
+        return None
+    return {"lower": f.band[0], "upper": f.band[1]}
+
+
 def _band_text(step: Any) -> str:
     return f"band_mul ({step.attr('lower', 0)}, {step.attr('upper', 0)})"
 
@@ -48,6 +56,7 @@ for _k in (
            "A @ B  (A banded)", "product", _band_mul_cost, _lower_band_mul,
            pytensor_op="BandMatMul", properties=((BANDED,), ()), reference=_ref_band_mul,
            step_text=_band_text,
+           structured=StructuredUse(10, _banded_factor, transposed=True),
            examples=(Example(((6, 6), (6, 4)), (6, 4), 2.0 * 3 * 6 * 4,
                              (("lower", 1), ("side", "left"), ("upper", 1))),
                      Example(((6, 6), (3, 6)), (3, 6), 2.0 * 3 * 3 * 6,

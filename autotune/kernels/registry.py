@@ -30,8 +30,11 @@ __all__ = [
     "Example",
     "Kernel",
     "KERNELS",
+    "Operand",
+    "StructuredUse",
     "get_kernel",
     "register_kernel",
+    "structured_product",
 ]
 
 #: Picture families (graph.py colours nodes by them).
@@ -60,6 +63,33 @@ class Example:
 
 
 @dataclass(frozen=True)
+class Operand:
+    """A square chain factor as a product kernel may exploit it: its ``facts`` (the closed
+    properties of the matrix it reads, before any transpose), its ``band`` ``(lower, upper)``
+    as the factor reads it (None: no band narrower than the matrix), its size ``n`` and
+    whether the factor is the matrix's transpose (``trans``)."""
+
+    facts: frozenset[str]
+    band: tuple[int, int] | None
+    n: int
+    trans: bool
+
+
+@dataclass(frozen=True)
+class StructuredUse:
+    """How a product kernel uses a structured square factor: the derivation offers every
+    square chain factor (an input or its transpose) to the kernels that have one, in
+    increasing ``rank``, and the first whose ``match`` returns the step's attributes (not
+    ``side``, which the product decides) computes every product with that factor.
+    ``transposed``: the kernel reads the factor as the chain has it (a transposed view when
+    the factor is a transpose) rather than the matrix with a ``trans`` attribute."""
+
+    rank: int
+    match: Callable[[Operand], Mapping[str, Any] | None]
+    transposed: bool = False
+
+
+@dataclass(frozen=True)
 class Kernel:
     """Everything the package knows about one program op.
 
@@ -70,7 +100,8 @@ class Kernel:
     :mod:`autotune.properties`, or :data:`TRIANGULAR`) the kernel relies on; ``reference(step,
     operands)`` computes ``pattern`` with NumPy/SciPy (None for structural ops, which are not
     computations of their own). ``knob``: the boolean knob that lets the derivation use the
-    kernel, if any."""
+    kernel, if any. ``structured``: for a product kernel that exploits a structured factor,
+    how the derivation chooses it (:class:`StructuredUse`)."""
 
     name: str
     description: str
@@ -86,6 +117,7 @@ class Kernel:
     examples: tuple[Example, ...] = ()
     step_text: Callable[[Any], str] | None = field(default=None, repr=False)
     knob: str | None = None
+    structured: StructuredUse | None = None
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -165,3 +197,16 @@ def dim(formula: str, env: Mapping[str, int]) -> int:
 def out_shape(step: Any, env: Mapping[str, int]) -> tuple[int, int]:
     """A step's output shape at ``env``."""
     return dim(step.shape[0], env), dim(step.shape[1], env)
+
+
+def structured_product(operand: Operand) -> tuple[Kernel, Mapping[str, Any]] | None:
+    """The product kernel for a chain factor ``operand`` and its step attributes (``side``
+    apart): the first kernel by :attr:`StructuredUse.rank` whose ``match`` accepts it; None
+    for a dense factor (GEMM)."""
+    users = sorted((k for k in KERNELS.values() if k.structured is not None),
+                   key=lambda k: (k.structured.rank, k.name))  # type: ignore[union-attr]
+    for kernel in users:
+        attrs = kernel.structured.match(operand)  # type: ignore[union-attr]
+        if attrs is not None:
+            return kernel, attrs
+    return None

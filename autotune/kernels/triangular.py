@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..properties import DIAGONAL
+from ..properties import DIAGONAL, LOWER, UPPER
 from .factorizations import solve_operands
-from .registry import TRIANGULAR, Example, Kernel, register_kernel
+from .registry import TRIANGULAR, Example, Kernel, Operand, StructuredUse, register_kernel
 
 __all__: list[str] = []
 
@@ -109,6 +109,19 @@ def _ref_trmm(step: Any, x: list[Any]) -> Any:
     return step.attr("alpha", 1.0) * out
 
 
+def _diagonal_factor(f: Operand) -> Mapping[str, Any] | None:
+    """A diagonal factor: a scaling."""
+    return {} if DIAGONAL in f.facts else None
+
+
+def _triangular_factor(f: Operand) -> Mapping[str, Any] | None:
+    """A triangular factor (one triangle, not both): TRMM, transposed by its flag."""
+    lower = LOWER in f.facts
+    if lower == (UPPER in f.facts):
+        return None
+    return {"lower": lower, "trans": f.trans, "alpha": 1.0}
+
+
 def _trmm_text(step: Any) -> str:
     parts = ["L" if step.attr("lower", True) else "U"]
     if step.attr("trans"):
@@ -136,6 +149,7 @@ for _k in (
            "alpha * op(A) @ B  (A triangular, op: A or A.T)", "product", _trmm_cost,
            _lower_trmm, pytensor_op="TriangularMatMul", properties=((TRIANGULAR,), ()),
            reference=_ref_trmm, step_text=_trmm_text,
+           structured=StructuredUse(20, _triangular_factor),
            examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3, (("lower", True),)),
                      Example(((5, 5), (7, 5)), (7, 5), 5.0 * 5 * 7,
                              (("alpha", -1.5), ("lower", False), ("side", "right"),
@@ -144,6 +158,7 @@ for _k in (
            "('left': D @ B, 'right': B @ D)", "D @ B  (D diagonal)", "product", _diag_mul_cost,
            _lower_diag_mul, properties=((DIAGONAL,), ()), reference=_ref_diag_mul,
            step_text=lambda step: f"diag_mul ({step.attr('side', 'left')})",
+           structured=StructuredUse(0, _diagonal_factor),
            examples=(Example(((5, 5), (5, 3)), (5, 3), 15.0, (("side", "left"),)),
                      Example(((5, 5), (3, 5)), (3, 5), 15.0, (("side", "right"),)))),
     Kernel("diag_solve", "solve with a diagonal matrix (scaling): side", "D^-1 @ B",
