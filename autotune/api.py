@@ -52,6 +52,15 @@ SMALL_WORK_FLOPS = 1e5
 #: Outputs of at most this many elements are checked for finiteness in Python.
 SMALL_OUTPUT = 16
 _MISSING = object()
+#: The call checks' budget: this share of the plan's median call, or CHECK_FLOOR_S seconds,
+#: whichever is larger (see ``TunedFunction._property_windows``).
+CHECK_SHARE = 0.02
+CHECK_FLOOR_S = 20e-6
+#: The rate at which the budget is taken to read memory (a conservative single-thread read
+#: out of cache on the machines of ``results/CALL_CHECKS.md`` ran at 11-15 GB/s).
+CHECK_BYTES_PER_S = 8e9
+#: The fewest rows a window of property checks has.
+MIN_WINDOW = 8
 
 
 class Outputs(tuple):
@@ -210,8 +219,8 @@ def check_plan(plan: Plan) -> tuple[Any, dict[str, int], dict[str, Any]]:
 class TunedFunction:
     """A compiled plan. Call with arrays by keyword (input names) or position."""
 
-    def __init__(self, plan: Plan, check_finite: bool = True, check_properties: bool = True,
-                 heap: str | None = None):
+    def __init__(self, plan: Plan, check_finite: bool = True,
+                 check_properties: bool | str = True, heap: str | None = None):
         from .derive import derive
         from .lower import lower
         from .memory import check_heap_policy, set_heap_policy
@@ -295,13 +304,17 @@ class TunedFunction:
             self._setup_call()
 
     @property
-    def check_properties(self) -> bool:
-        """Whether calls check the properties the plan relies on (settable)."""
+    def check_properties(self) -> bool | str:
+        """Whether calls check the properties the plan relies on (settable): ``True`` (within
+        the call-check budget: see :meth:`_property_windows`), ``"full"`` (every element on
+        every call) or ``False``."""
         return self._check_properties
 
     @check_properties.setter
-    def check_properties(self, value: bool) -> None:
-        self._check_properties = bool(value)
+    def check_properties(self, value: bool | str) -> None:
+        if isinstance(value, str) and value != "full":
+            raise ValueError(f"check_properties: expected True, False or 'full', got {value!r}")
+        self._check_properties = value if isinstance(value, str) else bool(value)
         if "_input_checks" in self.__dict__:
             self._setup_call()
 
@@ -352,9 +365,13 @@ class TunedFunction:
             facts = self._facts[n]
             lower, upper = LOWER in facts, UPPER in facts
             sym = SYMMETRIC in facts and not (lower and upper)  # diagonal: the zeros suffice
-            covered = self.check_properties and sym
-            scan = self.check_finite and n in unguarded and not covered
-            plan[n] = (sym, lower, upper, scan)
+            plan[n] = (sym, lower, upper, n in unguarded)
+        self._windows = self._property_windows(plan)
+        self._cursors = dict.fromkeys(self._windows, 0)
+        for n, (sym, lower, upper, unread) in plan.items():
+            # a whole symmetry check proves every element finite; a window does not
+            covered = bool(self.check_properties) and sym and n not in self._windows
+            plan[n] = (sym, lower, upper, self.check_finite and unread and not covered)
         self._input_checks = plan
         kinds = ["finite"]
         if self.check_properties and any(p[0] for p in plan.values()):
@@ -362,6 +379,65 @@ class TunedFunction:
         if self.check_properties and any(p[1] or p[2] for p in plan.values()):
             kinds.append("triangular")
         checks.warm(self.dtype, kinds)
+
+    def _property_windows(self, plan: Mapping[str, tuple[bool, bool, bool, bool]]
+                          ) -> dict[str, int]:
+        """The inputs whose properties each call checks in a window of rows, and its height.
+
+        The checks' budget is :data:`CHECK_SHARE` of the plan's measured median call, or
+        :data:`CHECK_FLOOR_S`, whichever is larger (the goal of the call checks). The outputs'
+        finiteness and the finiteness scans of inputs no output vouches for come first and
+        are never cut; when the property checks (symmetry: the whole matrix; a zero
+        triangle: half of it), read at :data:`CHECK_BYTES_PER_S`, do not fit in what is
+        left, each input's properties are checked on a window of rows (and, for symmetry,
+        the same columns) that does, at least :data:`MIN_WINDOW` rows: the window moves on
+        by its height at every call, so consecutive calls cover the whole matrix, and a
+        property broken across the matrix (an asymmetric matrix, a full one passed as
+        triangular) is caught on the first call. ``check_properties="full"`` checks every
+        element on every call."""
+        if self.check_properties is not True:
+            return {}
+        try:
+            budget = max(CHECK_FLOOR_S, CHECK_SHARE * float(self.plan.median))
+        except (KeyError, TypeError, ValueError):
+            return {}
+        item = np.dtype(self.dtype).itemsize
+        try:
+            env = self.program.concrete_sizes(self.dims)
+            fixed = sum(math.prod(self.program.shape(i, env))
+                        for i in self.program.outputs.values()) * item
+        except Exception:  # noqa: BLE001 - cannot tell: no windows
+            return {}
+        fixed += sum(math.prod(self.shapes[n]) * item
+                     for n, (sym, lo, up, unread) in plan.items() if unread)
+        rows_bytes: dict[str, int] = {}  # what one row of each input's property checks reads
+        for n, (sym, lower, upper, _) in plan.items():
+            cols = self.shapes[n][1]
+            per_row = (2 * cols if sym else 0) + (lower + upper) * cols // 2
+            if per_row:
+                rows_bytes[n] = per_row * item
+        whole = sum(b * self.shapes[n][0] for n, b in rows_bytes.items())
+        left = budget * CHECK_BYTES_PER_S - fixed
+        if whole <= left:
+            return {}
+        share = max(left, 0.0) / max(len(rows_bytes), 1)
+        windows = {}
+        for n, b in rows_bytes.items():
+            rows = max(MIN_WINDOW, int(share // b))
+            if rows < self.shapes[n][0]:
+                windows[n] = rows
+        return windows
+
+    def _window(self, name: str) -> tuple[int, int] | None:
+        """This call's rows of ``name``'s property checks (None: all), moving the window on."""
+        height = self._windows.get(name)
+        if height is None:
+            return None
+        n = self.shapes[name][0]
+        r0 = self._cursors[name] % n
+        r1 = min(n, r0 + height)
+        self._cursors[name] = 0 if r1 >= n else r1
+        return r0, r1
 
     # -- argument checks ------------------------------------------------------------------
     def _bind(self, args: tuple, kwargs: dict) -> list[Any]:
@@ -456,16 +532,18 @@ class TunedFunction:
         from the factorization's own failure (:meth:`_diagnose`)."""
         sym, lower, upper, _ = self._input_checks[name]
         checks = self._checks
+        rows = self._window(name)
         if sym:
-            verdict = checks.symmetry(arr, self._eps, self._check_threads,
-                                      stop_at_nonfinite=self._check_finite)
+            verdict = (checks.symmetry(arr, self._eps, self._check_threads,
+                                       stop_at_nonfinite=self._check_finite) if rows is None
+                       else checks.symmetry_window(arr, self._eps, *rows))
             if self._check_finite and not verdict.finite:
                 raise InputError(_not_finite(name))
             if not verdict.symmetric:
                 raise InputError(f"input {name}: the plan relies on it being symmetric, but it "
                                  "is not")
         for flag, zero_upper, what in ((lower, True, "lower"), (upper, False, "upper")):
-            if flag and not checks.triangle_is_zero(arr, zero_upper, self._check_threads):
+            if flag and not checks.triangle_is_zero(arr, zero_upper, self._check_threads, rows):
                 if self.check_finite and not checks.all_finite(arr):
                     raise InputError(_not_finite(name))
                 raise InputError(f"input {name}: the plan relies on it being {what} triangular")
@@ -569,7 +647,7 @@ class TunedFunction:
 
 
 def load_plan(path: str | Path, check_finite: bool = True,
-              check_properties: bool = True, heap: str | None = None) -> TunedFunction:
+              check_properties: bool | str = True, heap: str | None = None) -> TunedFunction:
     """Load, verify and compile a plan; returns a callable.
 
     A plan that is damaged, foreign, or does not fit this autotune raises :class:`PlanError`
@@ -580,7 +658,14 @@ def load_plan(path: str | Path, check_finite: bool = True,
     (``retain`` for plans tuned with it: big temporaries keep their pages between calls, so
     the process keeps the computation's peak working set resident); ``"system"`` leaves the
     C library's default allocator behaviour (slower calls, memory given back after each).
-    The policy is process-wide."""
+    The policy is process-wide.
+
+    ``check_properties``: ``True`` checks the properties the plan relies on (symmetry, zero
+    triangles) within the call checks' budget, 2% of the plan's median call: where reading
+    every element would cost more, each call checks a window of rows that moves on at every
+    call (consecutive calls cover the matrix; a property broken across the matrix is caught
+    on the first call). ``"full"`` checks every element on every call; ``False`` none. The
+    outputs' finiteness (``check_finite``) is always checked in full."""
     return TunedFunction(read_plan(path), check_finite, check_properties, heap)
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "Symmetry",
     "all_finite",
     "symmetry",
+    "symmetry_window",
     "triangle_is_zero",
     "unguarded_inputs",
     "warm",
@@ -283,6 +284,46 @@ def _strict_triangle_abs(a, upper, r0, r1, zero):  # pragma: no cover - compiled
     return acc
 
 
+@njit(cache=True, nogil=True)
+def _sym_window(a, r0, r1):  # pragma: no cover - compiled
+    """:func:`_sym_exact` over the pairs of rows ``r0 .. r1`` and columns ``r0 .. r1`` of a
+    square array (and its whole diagonal, for ``max |a|``), in one pass: the column block
+    ``a[j, r0:r1]`` of each row ``j`` is contiguous, the rows ``a[r0:r1, j]`` stay in cache."""
+    n = a.shape[0]
+    maxdiff = 0.0
+    maxabs = 0.0
+    nonfinite = False
+    onesided = False
+    for i in range(n):
+        x = np.float64(a[i, i])
+        if math.isfinite(x):
+            if abs(x) > maxabs:
+                maxabs = abs(x)
+        else:
+            nonfinite = True
+    for j in range(n):
+        for i in range(r0, r1):
+            if i == j:
+                continue
+            x = np.float64(a[i, j])
+            y = np.float64(a[j, i])
+            fx = math.isfinite(x)
+            fy = math.isfinite(y)
+            if fx and abs(x) > maxabs:
+                maxabs = abs(x)
+            if fy and abs(y) > maxabs:
+                maxabs = abs(y)
+            if fx and fy:
+                d = abs(x - y)
+                if not (d <= maxdiff):
+                    maxdiff = d
+            else:
+                nonfinite = True
+                if not (x == y or (x != x and y != y)):
+                    onesided = True
+    return maxdiff, maxabs, nonfinite, onesided
+
+
 # -- threads ----------------------------------------------------------------------------------
 
 _POOL_LOCK = threading.Lock()
@@ -419,9 +460,27 @@ def symmetry(a: np.ndarray, eps: float, threads: int = 1,
     return Symmetry(not nonfinite, not onesided and maxdiff <= tol, True)
 
 
-def triangle_is_zero(a: np.ndarray, upper: bool, threads: int = 1) -> bool:
+def symmetry_window(a: np.ndarray, eps: float, r0: int, r1: int) -> Symmetry:
+    """:func:`symmetry` over the pairs in rows ``r0 .. r1`` (and the same columns) only: the
+    rule with ``max |a|`` over the elements read and the diagonal. Read: ``2 (r1 - r0) n``
+    elements and the diagonal; a rotating window of rows covers the matrix over calls
+    (:meth:`autotune.api.TunedFunction` with a property budget). For an F-ordered array the
+    window is one of its transpose's rows (the same pairs)."""
+    n = a.shape[0]
+    if n == 0 or r0 >= r1:
+        return _SYMMETRIC
+    if not a.flags.c_contiguous and a.flags.f_contiguous:
+        a = a.T
+    maxdiff, maxabs, nonfinite, onesided = _sym_window(a, max(0, r0), min(n, r1))
+    tol = 100.0 * eps * max(1.0, maxabs) * n
+    return Symmetry(not nonfinite, not onesided and maxdiff <= tol, True)
+
+
+def triangle_is_zero(a: np.ndarray, upper: bool, threads: int = 1,
+                     rows: tuple[int, int] | None = None) -> bool:
     """Whether every element of the strict upper (``upper``) or lower triangle of the square
-    array ``a`` is exactly zero (a NaN there is not)."""
+    array ``a`` is exactly zero (a NaN there is not). ``rows``: only the rows ``(r0, r1)``
+    of the array's C-ordered view (of an F-ordered array, its columns)."""
     n = a.shape[0]
     if n == 0:
         return True
@@ -429,6 +488,9 @@ def triangle_is_zero(a: np.ndarray, upper: bool, threads: int = 1) -> bool:
     if transposed:  # the upper triangle of a is the lower one of a.T
         upper = not upper
     zero = a.dtype.type(0)
+    if rows is not None:
+        r0, r1 = max(0, rows[0]), min(n, rows[1])
+        return r0 >= r1 or _strict_triangle_abs(a, upper, r0, r1, zero) == 0
     bounds = _bounds(n, _parts(a.size // 2, threads), "upper" if upper else "lower")
     parts = [(a, upper, s, e, zero) for s, e in bounds]
     return all(acc == 0 for acc in _run(_strict_triangle_abs, parts))
@@ -466,6 +528,7 @@ def warm(dtype: str | np.dtype, kinds: Iterable[str] = ("finite", "symmetric", "
                     _sym_pass(arr, 0, n, zero)
                     _sym_pass_tiled(arr, 0, n, zero)
                     _sym_exact(arr, False)
+                    _sym_window(arr, 0, n)
                 elif kind == "triangular":
                     _strict_triangle_abs(arr, True, 0, n, zero)
             _WARMED.add((dt.name, kind))

@@ -193,6 +193,56 @@ def test_symmetry_matches_brute_force(a, by_tiles):
         assert stopped.symmetric == symmetric
 
 
+def _window_brute(a: np.ndarray, eps: float, r0: int, r1: int) -> tuple[bool, bool]:
+    """(finite, symmetric) of the pairs in rows and columns r0 .. r1 (and the diagonal), by
+    the rule of checks.symmetry with max |a| over what the window reads, in NumPy."""
+    a = np.asarray(a, dtype=np.float64)
+    n = a.shape[0]
+    seen = np.zeros((n, n), bool)
+    seen[r0:r1, :] = seen[:, r0:r1] = True
+    seen[np.arange(n), np.arange(n)] = True
+    fin = np.isfinite(a)
+    finite = bool(fin[seen].all())
+    maxabs = float(np.abs(np.where(fin & seen, a, 0)).max(initial=0))
+    both = fin & fin.T & seen
+    maxdiff = float(np.abs(np.where(both, a - np.where(both, a.T, 0), 0)).max(initial=0))
+    at = a.T
+    agree = (a == at) | (np.isnan(a) & np.isnan(at))
+    onesided = bool((seen & ~(fin & fin.T) & ~agree).any())
+    return finite, (not onesided) and maxdiff <= 100 * eps * max(1.0, maxabs) * n
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=square(max_n=40), data=st.data())
+def test_a_window_of_the_symmetry_check_matches_brute_force(a, data):
+    """Rows and columns r0 .. r1 only: what they hold decides, nothing else; the whole
+    window is the whole check."""
+    n = a.shape[0]
+    r0 = data.draw(st.integers(0, n - 1))
+    r1 = data.draw(st.integers(r0 + 1, n))
+    eps = EPS[a.dtype.name]
+    c = np.ascontiguousarray(a)
+    verdict = checks.symmetry_window(a, eps, r0, r1)
+    if a.flags.c_contiguous or not a.flags.f_contiguous:
+        assert (verdict.finite, verdict.symmetric) == _window_brute(c, eps, r0, r1)
+    else:  # an F-ordered array: the window is its transpose's rows (the same pairs)
+        assert (verdict.finite, verdict.symmetric) == _window_brute(c.T, eps, r0, r1)
+    whole = checks.symmetry_window(a, eps, 0, n)
+    assert (whole.finite, whole.symmetric) == _brute_symmetry(a, eps)
+
+
+def test_a_window_of_rows_of_a_zero_triangle():
+    a = np.tril(np.ones((20, 20)))
+    a[3, 15] = 1.0  # above the diagonal, in row 3
+    assert not checks.triangle_is_zero(a, True)
+    assert checks.triangle_is_zero(a, True, rows=(4, 20))
+    assert not checks.triangle_is_zero(a, True, rows=(0, 4))
+    assert not checks.triangle_is_zero(a, True, rows=(3, 4))
+    f = np.asfortranarray(a)  # F-ordered: rows of the C-ordered transpose, columns of a
+    assert not checks.triangle_is_zero(f, True, rows=(15, 16))
+    assert checks.triangle_is_zero(f, True, rows=(0, 15))
+
+
 @settings(max_examples=200, deadline=None)
 @given(a=square(), how=LAYOUTS)
 def test_all_finite_and_triangles_match_numpy(a, how):
@@ -633,6 +683,60 @@ def test_the_thread_limit_is_in_force_during_every_call(folder, monkeypatch):
     finally:
         fn._fn = real
         fn._thread_limit = original
+
+
+def _windowed_kalman(folder, n: int = 100, **kw):
+    fn = shipped(folder, "kalman", {"n": n}, **kw)  # the template's median call: 0.8 ms
+    return fn, _instance(fn)
+
+
+def test_property_checks_over_budget_move_a_window_over_the_matrix(folder):
+    """Where reading every element would exceed the budget (2% of the median call), each
+    call checks the properties on a window of rows that moves on: an asymmetry confined to
+    one pair is caught within ceil(n / height) calls, not before the window reaches it."""
+    fn, x = _windowed_kalman(folder)
+    assert set(fn._windows) == {"Sigma", "R"}
+    height = fn._windows["Sigma"]
+    assert api.MIN_WINDOW <= height < 100
+    bad = dict(x)
+    bad["Sigma"] = x["Sigma"].copy()
+    bad["Sigma"][70, 60] += 1.0  # the pair (70, 60): rows 60 and 70
+    first = 60 // height  # the call whose window first holds row 60 (or 70)
+    for _ in range(first):
+        fn(**bad)  # windows before row 60: the asymmetry is not read
+    with pytest.raises(InputError, match="Sigma: the plan relies on it being symmetric"):
+        fn(**bad)
+    # a matrix asymmetric all over is caught on the first call, wherever the window is
+    fn2, _ = _windowed_kalman(folder)
+    worse = dict(x)
+    worse["Sigma"] = x["Sigma"] + np.triu(np.ones_like(x["Sigma"]), 1)
+    with pytest.raises(InputError, match="Sigma: the plan relies on it being symmetric"):
+        fn2(**worse)
+
+
+def test_full_property_checks_read_everything_on_every_call(folder):
+    fn, x = _windowed_kalman(folder, check_properties="full")
+    assert fn._windows == {}
+    bad = dict(x)
+    bad["Sigma"] = x["Sigma"].copy()
+    bad["Sigma"][70, 60] += 1.0
+    with pytest.raises(InputError, match="Sigma: the plan relies on it being symmetric"):
+        fn(**bad)
+    with pytest.raises(ValueError, match="check_properties: expected True, False or 'full'"):
+        fn.check_properties = "sometimes"
+
+
+def test_a_windowed_symmetric_input_is_scanned_for_nan_where_no_output_vouches(folder):
+    """A whole symmetry check proves every element finite, a window does not: an input no
+    output vouches for (R is factorized) is then scanned for NaN in full, and a NaN anywhere
+    in it is named on the first call."""
+    fn, x = _windowed_kalman(folder)
+    assert "R" in fn._windows and fn._input_checks["R"][3]
+    bad = dict(x)
+    bad["R"] = x["R"].copy()
+    bad["R"][40, 45] = bad["R"][45, 40] = np.inf
+    with pytest.raises(InputError, match="input R: contains NaN or infinity"):
+        fn(**bad)
 
 
 def test_a_plan_of_little_work_leaves_the_thread_limit_alone(folder):
