@@ -276,7 +276,7 @@ def check_call(fn: Callable[[], Any], outputs: Sequence[str], ref: Mapping[str, 
     return err, f"relative error {err:.1e} above the tolerance {tol:.1e}"
 
 
-def time_rounds(calls: Mapping[str, Callable[[], Any]], reps: int,
+def timed_rounds(calls: Mapping[str, Callable[[], Any]], reps: int,
                 seed: int = 0) -> dict[str, list[float]]:
     """``reps`` interleaved rounds: each round every call once, in a new seeded random order;
     ``perf_counter`` around the call only (its result is dropped after the clock stops)."""
@@ -341,7 +341,7 @@ def measure_problem(row: dict[str, Any], opts: argparse.Namespace, allowed: set[
                 del calls[key]
         with threadpool_limits(limits=threads, user_api="blas"):  # a BLAS the calls loaded
             t0 = time.perf_counter()
-            row["samples"] = time_rounds(calls, opts.reps, opts.seed)
+            row["samples"] = timed_rounds(calls, opts.reps, opts.seed)
             row["timing_wall_s"] = time.perf_counter() - t0
     summarize(row)
 
