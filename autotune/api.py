@@ -373,6 +373,10 @@ class TunedFunction:
             covered = bool(self.check_properties) and sym and n not in self._windows
             plan[n] = (sym, lower, upper, self.check_finite and unread and not covered)
         self._input_checks = plan
+        # a diagonal input whose zeros the property checks read: the plan reads only its
+        # diagonal (diag_mul, diag_solve), so only the diagonal needs a finiteness pass
+        self._diagonal_scans = {n for n, (sym, lower, upper, scan) in plan.items()
+                                if scan and lower and upper and self.check_properties}
         kinds = ["finite"]
         if self.check_properties and any(p[0] for p in plan.values()):
             kinds.append("symmetric")
@@ -519,11 +523,18 @@ class TunedFunction:
     def _check_matrix(self, name: str, arr: np.ndarray) -> np.ndarray:
         """The per-call checks of a matrix input of the right shape and dtype."""
         sym, lower, upper, scan = self._input_checks[name]
-        if scan and not self._checks.all_finite(arr, self._check_threads):
+        if scan and not self._scan(name, arr):
             raise InputError(_not_finite(name))
         if self._check_properties and (sym or lower or upper):
             self._check_cheap_properties(name, arr)
         return arr
+
+    def _scan(self, name: str, arr: np.ndarray) -> bool:
+        """Whether the elements of ``name`` the plan reads are finite: of a diagonal input
+        (with its zeros checked as a property) the diagonal, else every element."""
+        if name in self._diagonal_scans:
+            return bool(np.isfinite(np.diagonal(arr)).all())
+        return self._checks.all_finite(arr, self._check_threads)
 
     def _check_cheap_properties(self, name: str, arr: np.ndarray) -> None:
         """One pass per property before the call, no temporaries (:mod:`autotune.checks`):

@@ -551,6 +551,11 @@ _PROPAGATING: dict[str, tuple[int, ...] | None] = {
     "scale": (0,),  # the scalars are checked exactly
     "syrk": (0,),
     "symprod": (0, 1),
+    # a structured product reads the declared structure of its matrix (the diagonal, one
+    # triangle) and passes a NaN there on; the declared zeros it does not read are the
+    # property checks' (a NaN is not zero)
+    "diag_mul": None,
+    "trmm": None,
     "trsolve": (1,),
     "cho_solve": (1,),
     "solve": (1,),

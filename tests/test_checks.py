@@ -739,6 +739,44 @@ def test_a_windowed_symmetric_input_is_scanned_for_nan_where_no_output_vouches(f
         fn(**bad)
 
 
+DIAG_SOLVE = """
+[problem]
+name = "diag_probe"
+[dims]
+n = 30
+[inputs]
+D = { shape = ["n", "n"], properties = ["diagonal", "positive_definite"] }
+B = { shape = ["n", "n"] }
+[outputs]
+X = "inv(D)*B"
+"""
+
+
+def test_a_diagonal_input_is_scanned_on_its_diagonal_and_its_zeros_as_a_property(folder):
+    """The plan reads only D's diagonal (diag_solve): a NaN there is named (an
+    infinite pivot could vanish in the solve, so the diagonal is scanned); the declared zeros
+    are the property checks' (a NaN there is not zero, and is named as not finite)."""
+    path = make_plan(folder, DIAG_SOLVE, "diag_probe.toml", {}, "flop-optimal", name="diag")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn = load_plan(path)
+    ops = {s.op for s in fn.program.steps}
+    assert "diag_solve" in ops
+    assert fn._diagonal_scans == {"D"} and fn._input_checks["D"][3]
+    x = _instance(fn)
+    got = fn(**x)
+    d = np.diag(np.diag(x["D"]))
+    np.testing.assert_allclose(got.X, np.linalg.solve(d, x["B"]), rtol=1e-12)
+    for where in ((4, 4), (4, 7)):
+        bad = dict(x)
+        bad["D"] = x["D"].copy()
+        bad["D"][where] = np.inf
+        with pytest.raises(InputError, match="input D: contains NaN or infinity"):
+            fn(**bad)
+    fn.check_properties = False
+    assert fn._diagonal_scans == set()  # nothing checks the zeros: scan all of D
+
+
 def test_a_plan_of_little_work_leaves_the_thread_limit_alone(folder):
     """Under SMALL_WORK_FLOPS BLAS runs on one thread anyway: the call neither sets nor
     checks the limit (a C call per library, more than the work), and computes the same."""
