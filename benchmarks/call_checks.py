@@ -1,10 +1,10 @@
 """What a tuned function's call checks cost, and what its call wrapper costs (a script).
 
 For every problem in ``search_spaces/`` at a small size and at the sizes of the committed
-plans (``results/plan-*.json``), the plan is loaded and timed, interleaved (one call of each
-variant per round, ``A B C D E C A E B D ...``: the machine's drift hits all alike, and each
-round takes them in a new (seeded random) order, so that none always runs after the same one,
-whose data it would find in the caches):
+plans (``results/plan-*.json``, ``results/corpus-plans/plan-*.json``), the plan is loaded
+and timed, interleaved (one call of each variant per round, ``A B C D E C A E B D ...``: the
+machine's drift hits all alike, and each round takes them in a new (seeded random) order,
+so that none always runs after the same one, whose data it would find in the caches):
 
 * **bare**: the compiled PyTensor function (``TunedFunction.function``) of the checks-off
   plan, called with the prepared arrays under the plan's thread limit (entered outside the
@@ -105,7 +105,8 @@ def cases(quick: bool, plans_dir: Path) -> list[tuple[str, Path, str]]:
     from autotune.spec import problem_names
 
     committed: dict[str, list[tuple[float, Path]]] = {}
-    for path in sorted(RESULTS.glob("plan-*.json")):
+    # the committed plans: the shipped ones in results/, every problem's in results/corpus-plans
+    for path in sorted([*RESULTS.glob("plan-*.json"), *RESULTS.glob("corpus-plans/plan-*.json")]):
         data = _read(path)
         if data:
             size = float(max(data["dims"].values()))
