@@ -222,52 +222,64 @@ def _sym_pass_tiled(a, r0, r1, zero):  # pragma: no cover - compiled
     return tmax, total, dmax, dacc
 
 
-@njit(cache=True, nogil=True)
-def _sym_exact(a, stop_at_nonfinite):  # pragma: no cover - compiled
-    """The exact symmetry pass: ``(max |a_ij - a_ji| over finite pairs, max |a_ij| over finite
-    elements, any element not finite, some pair differs through a NaN or an infinity)``.
-
-    A pair with a non-finite side agrees only when both sides are equal (``inf, inf``) or both
-    NaN. With ``stop_at_nonfinite`` it returns at the first non-finite element."""
-    n = a.shape[0]
-    maxdiff = 0.0
+@njit(cache=True, nogil=True, inline="always")
+def _diagonal_max(a):  # pragma: no cover - compiled
+    """``(max finite |a_ii|, any a_ii not finite)``."""
     maxabs = 0.0
     nonfinite = False
-    onesided = False
-    for i in range(n):
+    for i in range(a.shape[0]):
         x = np.float64(a[i, i])
         if math.isfinite(x):
             if abs(x) > maxabs:
                 maxabs = abs(x)
         else:
             nonfinite = True
-            if stop_at_nonfinite:
-                return maxdiff, maxabs, nonfinite, onesided
+    return maxabs, nonfinite
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pair(x, y, maxdiff, maxabs, onesided):  # pragma: no cover - compiled
+    """One pair ``(a_ij, a_ji)`` of the exact passes: ``(maxdiff, maxabs, not finite,
+    onesided)`` updated. A pair with a non-finite side agrees only when both sides are equal
+    (``inf, inf``) or both NaN."""
+    fx = math.isfinite(x)
+    fy = math.isfinite(y)
+    if fx and abs(x) > maxabs:
+        maxabs = abs(x)
+    if fy and abs(y) > maxabs:
+        maxabs = abs(y)
+    if fx and fy:
+        d = abs(x - y)
+        if not (d <= maxdiff):
+            maxdiff = d
+        return maxdiff, maxabs, False, onesided
+    if not (x == y or (x != x and y != y)):
+        onesided = True
+    return maxdiff, maxabs, True, onesided
+
+
+@njit(cache=True, nogil=True)
+def _sym_exact(a, stop_at_nonfinite):  # pragma: no cover - compiled
+    """The exact symmetry pass: ``(max |a_ij - a_ji| over finite pairs, max |a_ij| over finite
+    elements, any element not finite, some pair differs through a NaN or an infinity)``
+    (:func:`_pair`). With ``stop_at_nonfinite`` it returns at the first non-finite element."""
+    n = a.shape[0]
+    maxdiff = 0.0
+    onesided = False
+    maxabs, nonfinite = _diagonal_max(a)
+    if nonfinite and stop_at_nonfinite:
+        return maxdiff, maxabs, nonfinite, onesided
     tile = 64
     for bi in range(0, n, tile):
         for bj in range(0, bi + 1, tile):
             for i in range(bi, min(bi + tile, n)):
                 for j in range(bj, min(bj + tile, i)):
-                    x = np.float64(a[i, j])
-                    y = np.float64(a[j, i])
-                    fx = math.isfinite(x)
-                    fy = math.isfinite(y)
-                    if fx:
-                        if abs(x) > maxabs:
-                            maxabs = abs(x)
-                    if fy:
-                        if abs(y) > maxabs:
-                            maxabs = abs(y)
-                    if fx and fy:
-                        d = abs(x - y)
-                        if not (d <= maxdiff):
-                            maxdiff = d
-                    else:
+                    maxdiff, maxabs, bad, onesided = _pair(
+                        np.float64(a[i, j]), np.float64(a[j, i]), maxdiff, maxabs, onesided)
+                    if bad:
                         nonfinite = True
                         if stop_at_nonfinite:
                             return maxdiff, maxabs, nonfinite, onesided
-                        if not (x == y or (x != x and y != y)):
-                            onesided = True
     return maxdiff, maxabs, nonfinite, onesided
 
 
@@ -291,36 +303,14 @@ def _sym_window(a, r0, r1):  # pragma: no cover - compiled
     ``a[j, r0:r1]`` of each row ``j`` is contiguous, the rows ``a[r0:r1, j]`` stay in cache."""
     n = a.shape[0]
     maxdiff = 0.0
-    maxabs = 0.0
-    nonfinite = False
     onesided = False
-    for i in range(n):
-        x = np.float64(a[i, i])
-        if math.isfinite(x):
-            if abs(x) > maxabs:
-                maxabs = abs(x)
-        else:
-            nonfinite = True
+    maxabs, nonfinite = _diagonal_max(a)
     for j in range(n):
         for i in range(r0, r1):
-            if i == j:
-                continue
-            x = np.float64(a[i, j])
-            y = np.float64(a[j, i])
-            fx = math.isfinite(x)
-            fy = math.isfinite(y)
-            if fx and abs(x) > maxabs:
-                maxabs = abs(x)
-            if fy and abs(y) > maxabs:
-                maxabs = abs(y)
-            if fx and fy:
-                d = abs(x - y)
-                if not (d <= maxdiff):
-                    maxdiff = d
-            else:
-                nonfinite = True
-                if not (x == y or (x != x and y != y)):
-                    onesided = True
+            if i != j:
+                maxdiff, maxabs, bad, onesided = _pair(
+                    np.float64(a[i, j]), np.float64(a[j, i]), maxdiff, maxabs, onesided)
+                nonfinite = nonfinite or bad
     return maxdiff, maxabs, nonfinite, onesided
 
 
