@@ -361,10 +361,17 @@ class TunedFunction:
         except Exception:  # noqa: BLE001 - cannot tell: scan every input
             unguarded = set(matrices)
         plan: dict[str, tuple[bool, bool, bool, bool]] = {}
+        #: inputs with a band narrower than a triangle (tridiagonal, a declared bandwidth):
+        #: the zeros outside it are checked as a property (instead of zero triangles)
+        self._bands: dict[str, tuple[int, int]] = {}
         for n in matrices:
             facts = self._facts[n]
             lower, upper = LOWER in facts, UPPER in facts
             sym = SYMMETRIC in facts and not (lower and upper)  # diagonal: the zeros suffice
+            band = None if lower and upper else self._band_of(n)
+            if band is not None:
+                self._bands[n] = band
+                lower = upper = False
             plan[n] = (sym, lower, upper, n in unguarded)
         self._windows = self._property_windows(plan)
         self._cursors = dict.fromkeys(self._windows, 0)
@@ -377,12 +384,28 @@ class TunedFunction:
         # diagonal (diag_mul, diag_solve), so only the diagonal needs a finiteness pass
         self._diagonal_scans = {n for n, (sym, lower, upper, scan) in plan.items()
                                 if scan and lower and upper and self.check_properties}
+        # likewise a banded input: only its band (what band_mul and band_solve read)
+        self._band_scans = {n for n, (*_, scan) in plan.items()
+                            if scan and n in self._bands and self.check_properties}
         kinds = ["finite"]
+        if self.check_properties and self._bands:
+            kinds.append("banded")
         if self.check_properties and any(p[0] for p in plan.values()):
             kinds.append("symmetric")
         if self.check_properties and any(p[1] or p[2] for p in plan.values()):
             kinds.append("triangular")
         checks.warm(self.dtype, kinds)
+
+    def _band_of(self, name: str) -> tuple[int, int] | None:
+        """``name``'s band when it is narrower than a triangle on both sides, else None."""
+        try:
+            band = self.problem.bandwidth(name, self.dims)
+        except Exception:  # noqa: BLE001 - cannot tell: no band check
+            return None
+        rows, cols = self.shapes[name]
+        if band is None or band[0] >= rows - 1 or band[1] >= cols - 1:
+            return None
+        return band
 
     def _property_windows(self, plan: Mapping[str, tuple[bool, bool, bool, bool]]
                           ) -> dict[str, int]:
@@ -412,12 +435,13 @@ class TunedFunction:
                         for i in self.program.outputs.values()) * item
         except Exception:  # noqa: BLE001 - cannot tell: no windows
             return {}
-        fixed += sum(math.prod(self.shapes[n]) * item
+        fixed += sum(self._scan_size(n, lo and up) * item
                      for n, (sym, lo, up, unread) in plan.items() if unread)
         rows_bytes: dict[str, int] = {}  # what one row of each input's property checks reads
         for n, (sym, lower, upper, _) in plan.items():
             cols = self.shapes[n][1]
-            per_row = (2 * cols if sym else 0) + (lower + upper) * cols // 2
+            per_row = ((2 * cols if sym else 0) + (lower + upper) * cols // 2
+                       + (cols if n in self._bands else 0))
             if per_row:
                 rows_bytes[n] = per_row * item
         whole = sum(b * self.shapes[n][0] for n, b in rows_bytes.items())
@@ -431,6 +455,15 @@ class TunedFunction:
             if rows < self.shapes[n][0]:
                 windows[n] = rows
         return windows
+
+    def _scan_size(self, name: str, diagonal: bool) -> int:
+        """Elements a finiteness scan of ``name`` reads when its structure is checked as a
+        property: the diagonal of a diagonal input, the band of a banded one, else all."""
+        rows, cols = self.shapes[name]
+        if diagonal:
+            return min(rows, cols)
+        band = self._bands.get(name)
+        return rows * min(cols, band[0] + band[1] + 1) if band is not None else rows * cols
 
     def _window(self, name: str) -> tuple[int, int] | None:
         """This call's rows of ``name``'s property checks (None: all), moving the window on."""
@@ -525,15 +558,18 @@ class TunedFunction:
         sym, lower, upper, scan = self._input_checks[name]
         if scan and not self._scan(name, arr):
             raise InputError(_not_finite(name))
-        if self._check_properties and (sym or lower or upper):
+        if self._check_properties and (sym or lower or upper or name in self._bands):
             self._check_cheap_properties(name, arr)
         return arr
 
     def _scan(self, name: str, arr: np.ndarray) -> bool:
         """Whether the elements of ``name`` the plan reads are finite: of a diagonal input
-        (with its zeros checked as a property) the diagonal, else every element."""
+        (with its zeros checked as a property) the diagonal, of a banded one its band, else
+        every element."""
         if name in self._diagonal_scans:
             return bool(np.isfinite(np.diagonal(arr)).all())
+        if name in self._band_scans:
+            return self._checks.band_all_finite(arr, self._bands[name])
         return self._checks.all_finite(arr, self._check_threads)
 
     def _check_cheap_properties(self, name: str, arr: np.ndarray) -> None:
@@ -558,6 +594,13 @@ class TunedFunction:
                 if self.check_finite and not checks.all_finite(arr):
                     raise InputError(_not_finite(name))
                 raise InputError(f"input {name}: the plan relies on it being {what} triangular")
+        band = self._bands.get(name)
+        if band is not None and not checks.band_is_zero(arr, band, rows):
+            if self.check_finite and not checks.all_finite(arr):
+                raise InputError(_not_finite(name))
+            raise InputError(f"input {name}: the plan relies on its band (bandwidth = "
+                             f"[{band[0]}, {band[1]}]: {band[0]} sub- and {band[1]} "
+                             "superdiagonals), but it has nonzeros outside it")
 
     def _raise_first_nonfinite(self, values: Sequence[Any]) -> None:
         """Raise the 'not finite' error of the first of ``values`` (inputs in declared order)

@@ -297,6 +297,33 @@ def _strict_triangle_abs(a, upper, r0, r1, zero):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _outside_band_abs(a, lower, upper, r0, r1, zero):  # pragma: no cover - compiled
+    """``sum |a_ij|`` outside the band (``i - j > lower`` or ``j - i > upper``), rows
+    ``r0 .. r1``: 0 exactly when every element there is 0 (a NaN is not)."""
+    acc = zero
+    n = a.shape[1]
+    for i in range(r0, r1):
+        left = a[i, 0 : min(max(i - lower, 0), n)]
+        for j in range(left.shape[0]):
+            acc += abs(left[j])
+        right = a[i, min(max(i + upper + 1, 0), n) : n]
+        for j in range(right.shape[0]):
+            acc += abs(right[j])
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _band_finite(a, lower, upper):  # pragma: no cover - compiled
+    """Whether every element inside the band ``(lower, upper)`` is finite."""
+    n = a.shape[1]
+    for i in range(a.shape[0]):
+        for j in range(max(i - lower, 0), min(i + upper + 1, n)):
+            if not np.isfinite(a[i, j]):
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True)
 def _sym_window(a, r0, r1):  # pragma: no cover - compiled
     """:func:`_sym_exact` over the pairs of rows ``r0 .. r1`` and columns ``r0 .. r1`` of a
     square array (and its whole diagonal, for ``max |a|``), in one pass: the column block
@@ -486,6 +513,25 @@ def triangle_is_zero(a: np.ndarray, upper: bool, threads: int = 1,
     return all(acc == 0 for acc in _run(_strict_triangle_abs, parts))
 
 
+def band_is_zero(a: np.ndarray, band: tuple[int, int],
+                 rows: tuple[int, int] | None = None) -> bool:
+    """Whether every element of the matrix ``a`` outside its band ``(lower, upper)`` (sub- and
+    superdiagonals) is exactly zero (a NaN there is not). ``rows``: only the rows ``(r0, r1)``
+    of the array's C-ordered view (of an F-ordered array, its columns)."""
+    a, transposed = _c_view(a)
+    lower, upper = (band[1], band[0]) if transposed else band
+    r0, r1 = (0, a.shape[0]) if rows is None else (max(0, rows[0]), min(a.shape[0], rows[1]))
+    return r0 >= r1 or _outside_band_abs(a, lower, upper, r0, r1, a.dtype.type(0)) == 0
+
+
+def band_all_finite(a: np.ndarray, band: tuple[int, int]) -> bool:
+    """Whether every element of the matrix ``a`` inside its band ``(lower, upper)`` is finite:
+    ``O(rows (lower + upper + 1))`` reads, what a banded kernel reads of it."""
+    a, transposed = _c_view(a)
+    lower, upper = (band[1], band[0]) if transposed else band
+    return bool(_band_finite(a, lower, upper))
+
+
 # -- warming ----------------------------------------------------------------------------------
 
 _WARM_LOCK = threading.Lock()
@@ -521,6 +567,9 @@ def warm(dtype: str | np.dtype, kinds: Iterable[str] = ("finite", "symmetric", "
                     _sym_window(arr, 0, n)
                 elif kind == "triangular":
                     _strict_triangle_abs(arr, True, 0, n, zero)
+                elif kind == "banded":
+                    _outside_band_abs(arr, 1, 1, 0, n, zero)
+                    _band_finite(arr, 1, 1)
             _WARMED.add((dt.name, kind))
 
 
@@ -550,6 +599,8 @@ _PROPAGATING: dict[str, tuple[int, ...] | None] = {
     "cho_solve": (1,),
     "solve": (1,),
     "diag_solve": (1,),
+    "band_mul": None,  # as diag_mul: the band is read, the zeros outside it are checked
+    "band_solve": (-1,),  # the right-hand side (negative: counted from the last argument)
 }
 
 
@@ -622,7 +673,8 @@ def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
             if steps[c].op == "slice":
                 continue  # a region of i: counted for views below, else conservative
             allowed = _PROPAGATING.get(steps[c].op, ())
-            if (allowed is None or pos in allowed) and reach.get(c, False):
+            last = pos - len(steps[c].args)  # the position counted from the end
+            if (allowed is None or pos in allowed or last in allowed) and reach.get(c, False):
                 ok = True
         reach[i] = ok
     regions: dict[str, list[tuple[int, int, int, int]]] = {}

@@ -57,12 +57,13 @@ from .errors import DerivationError, KnobError
 from .formula import MAX_FACTORS, eval_dim
 from .fusion import fuse
 from .kernels.registry import KERNELS, Operand, structured_product
-from .knobs import normalize_knobs, solver_choices
+from .knobs import BANDED_SOLVER, narrow_band, normalize_knobs, solver_choices
 from .program import Program, Step
 from .properties import (
     DIAGONAL,
     INVERTIBLE,
     LOWER,
+    PD,
     SYMMETRIC,
     UPPER,
     FactBase,
@@ -198,6 +199,7 @@ SOLVE_STEPS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     "sym": (("solve", {"assume_a": "sym"}),),
     "lu": (("solve", {"assume_a": "gen"}),),
     "transpose": (("matmul", {}),),
+    BANDED_SOLVER: (("band_solve", {}),),  # its band and terms: _Builder.band_attrs
 }
 
 
@@ -535,7 +537,7 @@ class _Builder:
     # -- kernels for inverses ------------------------------------------------------------------
     def kernel(self, x: sp.Basic) -> str:
         facts = self.fb.facts(x)
-        valid = solver_choices(facts)
+        valid = solver_choices(facts, self.banded(x))
         label = self.labels.get(self.key(x))
         if label is None and isinstance(x, Transpose):
             label = self.labels.get(self.key(x.arg))
@@ -589,8 +591,10 @@ class _Builder:
         every solve against the matrix, so it is not counted here)."""
         a = self.size(x.shape[0])
         shapes, shape = ((a, a), (a, nrhs)), (a, nrhs)
-        return sum(KERNELS[op].cost(shapes, shape, attrs)
-                   for op, attrs in SOLVE_STEPS[self.kernel(x)])
+        k = self.kernel(x)
+        extra = self.band_attrs(x) if k == BANDED_SOLVER else {}
+        return sum(KERNELS[op].cost(shapes, shape, {**attrs, **extra})
+                   for op, attrs in SOLVE_STEPS[k])
 
     def solve(self, x: sp.Basic, rhs: int, label: str) -> int:
         """``inv(x) * rhs`` with the kernel chosen for ``x``."""
@@ -607,6 +611,8 @@ class _Builder:
                             trans=False)
         if k == "diagonal":
             return self.add("diag_solve", (self.emit(x), rhs), shape, label)
+        if k == BANDED_SOLVER:
+            return self.band_solve(x, rhs, label)
         if k == "cholesky":
             base = x.arg if isinstance(x, Transpose) else x
             return self.add("cho_solve", (self.factor(base), rhs), shape, label)
@@ -621,6 +627,86 @@ class _Builder:
             return self.add("matmul", (self.emit(Transpose(x)), rhs), shape, label)
         assume = {"solve_pos": "pos", "sym": "sym"}.get(k, "gen")
         return self.add("solve", (self.emit(x), rhs), shape, label, assume_a=assume)
+
+    # -- banded solves -------------------------------------------------------------------------
+    def banded(self, x: sp.Basic) -> bool:
+        """``x`` has a narrow band (a banded solve applies)."""
+        n = self.fb.size(x.shape[0])
+        return n is not None and narrow_band(self.fb.bandwidth(x), n)
+
+    def band_terms(self, x: sp.Basic) -> list[tuple[sp.Basic, list[tuple[sp.Basic, bool]]]]:
+        """``x`` as a sum of terms ``coeff * F1 * F2 ...``, each factor ``(matrix, trans)``: an
+        input (``trans``: read transposed) or any other banded sub-expression (computed as it
+        is, its band read); identity factors dropped (no factors: the identity). A factor
+        without a known band makes ``x`` one dense factor."""
+        if isinstance(x, Transpose):
+            x = x.doit()
+        out = []
+        for term in (x.args if isinstance(x, MatAdd) else (x,)):
+            coeff, mats = split_coeff(term)
+            factors: list[tuple[sp.Basic, bool]] = []
+            for m in mats:
+                if isinstance(m, Identity):
+                    continue
+                if self.fb.bandwidth(m) is None:
+                    return [(sp.Integer(1), [(x, False)])]
+                if isinstance(m, Transpose) and isinstance(m.arg, MatrixSymbol):
+                    factors.append((m.arg, True))
+                else:
+                    factors.append((m, False))
+            out.append((coeff, factors))
+        return out
+
+    def _factor_band(self, m: sp.Basic, trans: bool) -> tuple[int, int]:
+        band = self.fb.bandwidth(Transpose(m) if trans else m)
+        if band is None:  # the band spans the matrix (a dense fallback factor)
+            return self.size(m.shape[1 if trans else 0]) - 1, self.size(
+                m.shape[0 if trans else 1]) - 1
+        return band
+
+    def band_attrs(self, x: sp.Basic) -> dict[str, Any]:
+        """The ``band_solve`` attributes of ``x`` for the cost model (operand indices are
+        placeholders: only the bands count)."""
+        band = self.fb.bandwidth(x)
+        assert band is not None
+        terms = tuple(
+            (1.0, (), tuple((0, t, *self._factor_band(m, t)) for m, t in factors))
+            for _, factors in self.band_terms(x))
+        return {"lower": band[0], "upper": band[1], "spd": self.band_spd(x, band),
+                "terms": terms}
+
+    def band_spd(self, x: sp.Basic, band: tuple[int, int]) -> bool:
+        facts = self.fb.facts(x)
+        return PD in facts and SYMMETRIC in facts and band[0] == band[1]
+
+    def band_solve(self, x: sp.Basic, rhs: int, label: str) -> int:
+        """``inv(x) * rhs`` for a narrow-banded ``x``: one ``band_solve`` step reading the
+        bands of ``x``'s factors (never ``x`` formed densely when its factors are inputs)."""
+        band = self.fb.bandwidth(x)
+        assert band is not None
+        operands: list[int] = []
+
+        def arg(step: int) -> int:
+            if step not in operands:
+                operands.append(step)
+            return operands.index(step)
+
+        terms = []
+        for coeff, factors in self.band_terms(x):
+            number = sp.Integer(1)
+            scalars: list[int] = []
+            for c in sp.Mul.make_args(coeff):
+                if c.is_number:
+                    number *= c
+                elif isinstance(c, sp.Symbol) and c in self.bound:
+                    scalars.append(arg(self.bound[c]))
+                else:  # (k - 1), 1/lam: computed once, as a scalar step
+                    scalars.append(arg(self.scalar(c, x)))
+            fs = tuple((arg(self.emit(m)), t, *self._factor_band(m, t)) for m, t in factors)
+            terms.append((float(number), tuple(scalars), fs))
+        shape = self.shape_of(rhs)
+        return self.add("band_solve", (*operands, rhs), shape, label, terms=tuple(terms),
+                        lower=band[0], upper=band[1], spd=self.band_spd(x, band))
 
     # -- products with a structured operand ---------------------------------------------------
     def structure(self, leaf: sp.Basic) -> _Structure | None:

@@ -52,6 +52,8 @@ __all__ = [
     "BACKEND_NAMES",
     "SOLVERS",
     "ALL_SOLVERS",
+    "BANDED_SOLVER",
+    "narrow_band",
 ]
 
 KNOB_FAMILIES = {
@@ -84,30 +86,55 @@ SOLVERS = {
     ORTHOGONAL: ["transpose", "lu", "inverse"],
     "general": ["lu", "inverse"],
 }
-ALL_SOLVERS = sorted({s for v in SOLVERS.values() for s in v})
+#: the solver of a matrix with a narrow band (:func:`narrow_band`): its band built from the
+#: formula's terms and factorized by LAPACK's banded Cholesky or LU (``band_solve``)
+BANDED_SOLVER = "banded"
+ALL_SOLVERS = sorted({s for v in SOLVERS.values() for s in v} | {BANDED_SOLVER})
 
 NAMED_POINTS = ("naive", "seed-2x2", "flop-optimal")
 
 
-def solver_choices(facts: frozenset[str]) -> list[str]:
-    """Valid kernels for inverting a matrix with these properties, best first."""
+def narrow_band(band: tuple[int, int] | None, n: int) -> bool:
+    """A band worth a banded solve for an ``n x n`` matrix: under a quarter of it wide."""
+    return band is not None and 4 * (band[0] + band[1] + 1) <= n
+
+
+def solver_choices(facts: frozenset[str], banded: bool = False) -> list[str]:
+    """Valid kernels for inverting a matrix with these properties, best first; ``banded``: the
+    matrix has a narrow band (:func:`narrow_band`), which a banded solve exploits (first,
+    except for a diagonal matrix, whose own solve is cheaper still)."""
     for prop in (DIAGONAL, PD, LOWER, UPPER, ORTHOGONAL, SYMMETRIC):
         if prop in facts:
-            return list(SOLVERS[prop])
-    return list(SOLVERS["general"])
+            found = list(SOLVERS[prop])
+            break
+    else:
+        found = list(SOLVERS["general"])
+    if banded and DIAGONAL not in facts:
+        found.insert(0, BANDED_SOLVER)
+    return found
 
 
 def inverted_matrices(problem, fb: FactBase | None = None) -> dict[str, frozenset[str]]:
     """Solver label -> facts of the inverted matrix."""
+    return {label: facts for label, (facts, _) in _inverted(problem, fb).items()}
+
+
+def _inverted(problem, fb: FactBase | None = None
+              ) -> dict[str, tuple[frozenset[str], bool]]:
+    """Solver label -> (facts of the inverted matrix, whether its band is narrow)."""
+    import sympy as sp
+
     from .inverses import _inverses, inverse_labels
     from .properties import canonical
 
     fb = fb or problem.facts()
     labels = inverse_labels(problem, fb)
-    out: dict[str, frozenset[str]] = {}
+    out: dict[str, tuple[frozenset[str], bool]] = {}
     for name in problem.outputs:
         for x in _inverses(problem.expressions[name]):
-            out[labels[canonical(x, fb)]] = fb.facts(x)
+            size = sp.sympify(sp.sympify(x.shape[0]).xreplace(fb.dims))
+            n = int(size) if size.is_Integer else 0  # unknown here: no banded solve offered
+            out[labels[canonical(x, fb)]] = (fb.facts(x), narrow_band(fb.bandwidth(x), n))
     return out
 
 
@@ -126,8 +153,8 @@ def knob_space(problem, dims: Mapping[str, int] | None = None) -> dict[str, list
         space[f"cut.{d}"] = ["even", 0.25, 0.75]
     space["order"] = [*ORDER_FIXED, 1, 2, 3]
     space["cse"] = [True, False]
-    for label, facts in inverted_matrices(problem, fb).items():
-        space[f"solver.{label}"] = solver_choices(facts)
+    for label, (facts, banded) in _inverted(problem, fb).items():
+        space[f"solver.{label}"] = solver_choices(facts, banded)
     space["syrk"] = [True, False]
     space["symprod"] = [True, False]
     space["mirror"] = [True, False]

@@ -414,7 +414,8 @@ class FactBase:
             sl = None if any(b[0] is None for b in bands) else max(b[0] for b in bands)  # type: ignore[type-var]
             su = None if any(b[1] is None for b in bands) else max(b[1] for b in bands)  # type: ignore[type-var]
         elif isinstance(expr, (MatMul, MatPow)) and not (
-            isinstance(expr, MatPow) and not expr.exp.is_Integer
+            # an inverse (a MatPow of exponent -1) has no band of its own to add up
+            isinstance(expr, MatPow) and not (expr.exp.is_Integer and expr.exp > 0)
         ):
             _, mats = split_coeff(expr)
             bands = [self._band(m) for m in mats]

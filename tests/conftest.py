@@ -23,6 +23,9 @@ SMALL_DIMS = {
     "mmse": {"n": 10},  # m = 20
     "tikhonov": {"n": 10},  # m = 20
     "enkf": {"n": 24, "N": 7},  # m = 6
+    # large enough for the banded solve (a band under a quarter of n wide)
+    "whittaker": {"n": 24},  # m = 22, W + lam D'D pentadiagonal
+    "adi_heat": {"n": 16},  # I + r Dxx tridiagonal
 }
 
 

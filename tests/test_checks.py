@@ -777,6 +777,46 @@ def test_a_diagonal_input_is_scanned_on_its_diagonal_and_its_zeros_as_a_property
     assert fn._diagonal_scans == set()  # nothing checks the zeros: scan all of D
 
 
+def test_a_banded_plan_checks_the_band_and_the_zeros_outside_it(folder):
+    """Whittaker's plan solves in band storage (band_solve) and reads only the bands of D and
+    W: a NaN inside D's band is named by a scan of the band alone (O(n w), not the m x n
+    matrix); a nonzero outside it breaks the declared bandwidth and is named as such (a NaN
+    there as not finite); the right-hand side's NaN shows in the output."""
+    src = (REPO / "search_spaces" / "whittaker.toml").read_text()
+    path = make_plan(folder, src, "search_spaces/whittaker.toml", {"n": 40},
+                     {**named_point(load_problem("whittaker"), "flop-optimal",
+                                    load_problem("whittaker").resolve_dims({"n": 40})),
+                      "solver.inv1": "banded"}, name="whittaker-band")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn = load_plan(path)
+    assert "band_solve" in {s.op for s in fn.program.steps}
+    # W's diagonal reaches z through W y (diag_mul); lam is a scalar, checked exactly
+    assert checks.unguarded_inputs(fn.program, fn.dims) == {"D", "lam"}
+    assert fn._bands == {"D": (0, 2)} and fn._band_scans == {"D"}
+    x = _instance(fn)
+    got = fn(**x)
+    d, w = x["D"], x["W"]
+    want = np.linalg.solve(w + x["lam"] * d.T @ d, w @ x["y"])
+    np.testing.assert_allclose(got.z, want, rtol=1e-9)
+    for where, message in (((3, 5), "contains NaN or infinity"),  # in the band
+                           ((3, 9), "contains NaN or infinity"),  # outside it: not zero
+                           ):
+        bad = dict(x, D=x["D"].copy())
+        bad["D"][where] = np.nan
+        with pytest.raises(InputError, match=f"input D: {message}"):
+            fn(**bad)
+    bad = dict(x, D=x["D"].copy())
+    bad["D"][7, 1] = 0.5  # below the band
+    with pytest.raises(InputError, match=r"input D: the plan relies on its band \(bandwidth "
+                                         r"= \[0, 2\]"):
+        fn(**bad)
+    bad = dict(x, y=x["y"].copy())
+    bad["y"][4, 0] = np.inf
+    with pytest.raises(InputError, match="input y: contains NaN or infinity"):
+        fn(**bad)
+
+
 def test_a_plan_of_little_work_leaves_the_thread_limit_alone(folder):
     """Under SMALL_WORK_FLOPS BLAS runs on one thread anyway: the call neither sets nor
     checks the limit (a C call per library, more than the work), and computes the same."""

@@ -1,16 +1,19 @@
 """Banded kernels: the product with a banded matrix (tridiagonal, bidiagonal, any declared
 ``bandwidth``), ``2 (lower + upper + 1)`` FLOPs per entry of the result instead of a GEMM's
 ``2 n``: the project's :class:`~autotune.kernels.banded_ops.BandMatMul`, one pass over the
-result."""
+result; and the solve with a banded matrix given by its terms (``W + lam D.T D``, ``I + r T``),
+built in band storage and factorized by LAPACK's banded Cholesky or LU
+(:class:`~autotune.kernels.band_solve_ops.BandSolve`): ``O(n w^2)`` instead of ``O(n^3)``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from ..properties import PD
 from .registry import Example, Kernel, Operand, StructuredUse, register_kernel
 
-__all__ = ["BANDED"]
+__all__ = ["BANDED", "band_solve_cost"]
 
 #: Operand property "banded, with the step's ``lower`` sub- and ``upper`` superdiagonals".
 BANDED = "banded"
@@ -49,6 +52,57 @@ def _band_text(step: Any) -> str:
     return f"band_mul ({step.attr('lower', 0)}, {step.attr('upper', 0)})"
 
 
+def _width(lower: int, upper: int) -> int:
+    return int(lower) + int(upper) + 1
+
+
+def band_solve_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
+    """FLOPs of a banded solve: forming the band from the terms (each product of two banded
+    factors ``2 n w_a w_b``), the factorization (banded Cholesky ``n u^2``, banded LU
+    ``2 n l (l + u)``) and the solve (``2 n w`` per right-hand side, ``w = 2u + 1`` for
+    Cholesky, ``2l + u + 1`` with LU's fill-in)."""
+    n, nrhs = shape
+    lower, upper = int(attrs.get("lower", 0)), int(attrs.get("upper", 0))
+    form = 0.0
+    for _, _, factors in attrs.get("terms", ()):
+        lo = up = None
+        for _, _, fl, fu in factors:
+            if lo is not None:
+                form += 2.0 * n * _width(lo, up) * _width(fl, fu)
+                lo, up = lo + fl, up + fu
+            else:
+                lo, up = fl, fu
+    if attrs.get("spd", False):
+        return form + n * upper * upper + 2.0 * n * (2 * upper + 1) * nrhs
+    return form + 2.0 * n * lower * (lower + upper) + 2.0 * n * (2 * lower + upper + 1) * nrhs
+
+
+def _lower_band_solve(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    from .band_solve_ops import band_solve
+
+    return band_solve(args[:-1], args[-1], step.attr("terms"), int(step.attr("lower", 0)),
+                      int(step.attr("upper", 0)), bool(step.attr("spd", False)))
+
+
+def _ref_band_solve(step: Any, x: list[Any]) -> Any:
+    import numpy as np
+
+    from .band_solve_ops import dense_from_terms
+
+    b = x[-1]
+    a = dense_from_terms(step.attr("terms"), x, b.shape[0], np,
+                         lambda n, like: np.eye(n), np.tril, np.triu, np.transpose)
+    return np.linalg.solve(a, b)
+
+
+def _band_solve_text(step: Any) -> str:
+    kind = "Cholesky" if step.attr("spd", False) else "LU"
+    return f"band_solve ({step.attr('lower', 0)}, {step.attr('upper', 0)}; {kind})"
+
+
+_WHITTAKER = ((1.0, (), ((0, False, 0, 0),)), (1.0, (1,), ((2, True, 2, 0), (2, False, 0, 2))))
+_SHIFTED = ((1.0, (), ()), (0.5, (0,), ((1, True, 1, 1),)))
+
 for _k in (
     Kernel("band_mul",
            "product with a banded matrix: attrs lower, upper (its sub- and superdiagonals), "
@@ -61,5 +115,24 @@ for _k in (
                              (("lower", 1), ("side", "left"), ("upper", 1))),
                      Example(((6, 6), (3, 6)), (3, 6), 2.0 * 3 * 3 * 6,
                              (("lower", 2), ("side", "right"), ("upper", 0))))),
+    Kernel("band_solve",
+           "solve with a banded matrix given by its terms: attrs terms ((coeff, scalar args, "
+           "factors (arg, trans, lower, upper)) per term), lower, upper, spd; args (operands..., "
+           "B)", "(sum_t c_t F_t1 @ F_t2 ...)^-1 @ B  (banded)", "solve", band_solve_cost,
+           _lower_band_solve, pytensor_op="BandSolve", properties=((BANDED,), ()),
+           reference=_ref_band_solve, step_text=_band_solve_text,
+           examples=(
+               Example(((6, 6), (6, 3)), (6, 3),
+                       2.0 * 6 * 1 * 2 + 2.0 * 6 * 4 * 3,
+                       (("lower", 1), ("spd", False), ("terms", ((1.0, (), ((0, False, 1, 1),)),)),
+                        ("upper", 1)), ((), ())),
+               Example(((6, 6), (), (4, 6), (6, 2)), (6, 2),
+                       2.0 * 6 * 3 * 3 + 6 * 2 * 2 + 2.0 * 6 * 5 * 2,
+                       (("lower", 2), ("spd", True), ("terms", _WHITTAKER), ("upper", 2)),
+                       ((PD,), (), (BANDED,), ())),
+               Example(((), (6, 6), (6, 3)), (6, 3),
+                       2.0 * 6 * 1 * 2 + 2.0 * 6 * 4 * 3,
+                       (("lower", 1), ("spd", False), ("terms", _SHIFTED), ("upper", 1)),
+                       ((), (), ())))),
 ):
     register_kernel(_k)
