@@ -79,6 +79,8 @@ SHARED_ALWAYS = ("input", "slice", "transpose", "cholesky", "eye", "zeros")
 #: the most steps of one program: without ``cse`` every use of a shared sub-expression is
 #: computed again, which for definitions used several times grows exponentially
 MAX_STEPS = 20_000
+#: the most terms of a sum searched for an already computed part (2^k subsets)
+MAX_SHARED_TERMS = 6
 #: the most factors of one chain the ordering accepts (the parser refuses products of more
 #: than ``formula.MAX_FACTORS``; a Cholesky split turns one inverse into two factors)
 MAX_CHAIN = 2 * MAX_FACTORS
@@ -470,6 +472,9 @@ class _Builder:
         return self.add("scalar", tuple(operands), (1, 1), str(x), expr=t)
 
     def emit_sum(self, e: MatAdd) -> int:
+        shared = self.shared_subsum(e)
+        if shared is not None:
+            return shared
         terms = [split_coeff(t) for t in e.args]
         terms.sort(key=lambda t: 0 if (t[0].is_number and t[0] > 0) else 1)
         acc: int | None = None
@@ -513,6 +518,31 @@ class _Builder:
             done = MatAdd(done, term)
         assert acc is not None
         return acc
+
+    def shared_subsum(self, e: MatAdd) -> int | None:
+        """A sum that holds an already computed sum among its terms, up to sign
+        (``Ps1 - A*P*A.T - Q`` once ``A*P*A.T + Q`` is computed): the rest added to (or that
+        sum subtracted from) it, instead of computing its terms again. Sums of at most
+        :data:`MAX_SHARED_TERMS` terms, the largest shared part first."""
+        terms = list(e.args)
+        if not self.cse or not 2 < len(terms) <= MAX_SHARED_TERMS:
+            return None
+        # the sizes of the sums computed so far (canonical forms are costly: try only those)
+        sizes = {len(k.args) for k in self.memo if isinstance(k, MatAdd)}
+        for size in range(len(terms) - 1, 1, -1):
+            if size not in sizes:
+                continue
+            for chosen in itertools.combinations(range(len(terms)), size):
+                part = [terms[k] for k in chosen]
+                for sign, cand in ((1, MatAdd(*part)), (-1, MatAdd(*[-t for t in part]))):
+                    hit = self.lookup(cand)
+                    if hit is None:
+                        continue
+                    rest = [terms[k] for k in range(len(terms)) if k not in chosen]
+                    other = self.emit(rest[0] if len(rest) == 1 else MatAdd(*rest))
+                    return self.add("add" if sign == 1 else "sub", (other, hit),
+                                    self.shape_of(hit), _label(e))
+        return None
 
     def _fusable(self, i: int) -> bool:
         """Step i is a symmetric kernel call without a C term (syrk of A, symprod of A, B)."""
@@ -824,6 +854,15 @@ class _Builder:
                 return False
             return self.key(Transpose(expr(i, s))) == self.key(expr(s + 1, j))
 
+        tr: dict[tuple[int, int, int, int], bool] = {}
+
+        def transposes(i: int, t: int, k: int, m: int) -> bool:
+            """The sub-chain ``i..t`` is the transpose of ``k..m`` (by canonical form)."""
+            if (i, t, k, m) not in tr:
+                tr[(i, t, k, m)] = (rows[i] == cols[m] and cols[t] == rows[k]
+                                    and self.key(Transpose(expr(i, t))) == self.key(expr(k, m)))
+            return tr[(i, t, k, m)]
+
         def pair_cost(i: int, s: int, j: int) -> float:
             k = rows[s + 1]
             return (1.0 if self.knobs["syrk"] else 2.0) * cols[j] * cols[j] * k
@@ -834,7 +873,8 @@ class _Builder:
         elif order == "right":
             tree = _fold(0, n - 1, left=False)
         elif order == "optimal" or order == 0 or n > MAX_ENUMERATED:
-            tree = _optimal(n, combine_cost, available, mirrored if self.cse else None, pair_cost)
+            tree = _optimal(n, combine_cost, available, mirrored if self.cse else None, pair_cost,
+                            transposes if self.cse else None)
         else:
             trees = sorted(
                 _all_trees(0, n - 1),
@@ -964,13 +1004,22 @@ def _fold(i: int, j: int, left: bool) -> _Tree:
     return _Tree(i, j, i, _Tree(i, i), _fold(i + 1, j, False))
 
 
-def _optimal(n: int, combine_cost, available, mirrored=None, pair_cost=None) -> _Tree:
-    best: dict[tuple[int, int], tuple[float, int | None]] = {}
+def _optimal(n: int, combine_cost, available, mirrored=None, pair_cost=None,
+             transposes=None) -> _Tree:
+    """The cheapest parenthesization of a chain of ``n`` factors (dynamic programming over
+    sub-chains), aware of what is already computed (``available``: free), of ``X.T * X``
+    (``mirrored``: X once, then ``pair_cost``, a rank-k update) and of sandwiches
+    ``X.T * M * X`` / ``X * M * X.T`` (``transposes(i, t, k, l)``: the sub-chain ``i..t`` is
+    the transpose of ``k..l``): X is computed once and its transpose is a view, so the
+    sandwich costs X, one product with M and the last product (a symmetric one where the
+    chain is symmetric) -- the expert's ``G.T (W G)``."""
+    # (i, j) -> (cost, split s, sandwich split t of the side that holds X.T, or None)
+    best: dict[tuple[int, int], tuple[float, int | None, int | None]] = {}
     for length in range(1, n + 1):
         for i in range(0, n - length + 1):
             j = i + length - 1
             if i == j or available(i, j):
-                best[(i, j)] = (0.0, None)
+                best[(i, j)] = (0.0, None, None)
                 continue
             cands = []
             for s in range(i, j):
@@ -979,16 +1028,35 @@ def _optimal(n: int, combine_cost, available, mirrored=None, pair_cost=None) -> 
                     c = best[(s + 1, j)][0] + pair_cost(i, s, j)
                 else:
                     c = best[(i, s)][0] + best[(s + 1, j)][0] + combine_cost(i, s, j)
-                cands.append((c, s))
-            best[(i, j)] = min(cands, key=lambda x: (x[0], x[1]))
+                cands.append((c, s, None))
+                if transposes is None:
+                    continue
+                # (X.T M) X: the left part i..s is X.T (i..t, free once X = s+1..j is) times M
+                t = i + (j - s) - 1
+                if i <= t < s and transposes(i, t, s + 1, j):
+                    c = (best[(s + 1, j)][0] + best[(t + 1, s)][0] + combine_cost(i, t, s)
+                         + combine_cost(i, s, j))
+                    cands.append((c, s, t))
+                # X (M X.T): the right part s+1..j is M (s+1..t-1) times X.T (t..j)
+                t = j - (s - i)
+                if s + 1 < t <= j and transposes(i, s, t, j):
+                    c = (best[(i, s)][0] + best[(s + 1, t - 1)][0] + combine_cost(s + 1, t - 1, j)
+                         + combine_cost(i, s, j))
+                    cands.append((c, s, t))
+            best[(i, j)] = min(cands, key=lambda x: (x[0], x[1], -1 if x[2] is None else x[2]))
 
     def build(i: int, j: int) -> _Tree:
-        s = best[(i, j)][1]
+        _, s, t = best[(i, j)]
         if i == j or s is None:
             if i == j:
                 return _Tree(i, j)
             # available as a whole: split arbitrarily, emit_tree finds it in the memo
             return _Tree(i, j, i, build(i, i), _fold(i + 1, j, True))
+        if t is not None and t <= s:  # (X.T M) X: the left part split where X.T ends
+            return _Tree(i, j, s, _Tree(i, s, t, build(i, t), build(t + 1, s)), build(s + 1, j))
+        if t is not None:  # X (M X.T): the right part split where X.T begins
+            return _Tree(i, j, s, build(i, s), _Tree(s + 1, j, t - 1, build(s + 1, t - 1),
+                                                     build(t, j)))
         return _Tree(i, j, s, build(i, s), build(s + 1, j))
 
     return build(0, n - 1)
