@@ -23,9 +23,15 @@ What the builder does, in the order a formula meets it:
   (``band_mul``), a triangular one TRMM; ``X*X.T`` and ``X.T*X`` are SYRK wherever ``X`` is
   computed once (``(A.T*B).T*(A.T*B)``, ``B.T*A*A.T*B``); scalar coefficients of scalar
   inputs (``(k - 1)``, ``1/(lam + mu)``) are computed once as a ``scalar`` step;
+* a positive diagonal ``D`` between mirrored sides (``B.T*D*B``, ``H.T*inv(R)*H``) is split
+  into ``D^(1/2) D^(1/2)``: the chain becomes ``X.T*X`` with ``X`` a row scaling of ``B``, a
+  rank-k update; a sandwich ``X.T*M*X`` computes ``X`` once (its transpose is a view);
+* banded matrices that are inverted are solved in band storage (``band_solve``, the
+  ``banded`` solver): their band built from their terms' factors, never formed densely;
 * common subexpressions are shared by canonical form, including transposed reuse
-  (``H*Sigma`` serves as ``(Sigma*H.T).T`` when Sigma is symmetric) and sub-chains that only
-  appear after reassociation.
+  (``H*Sigma`` serves as ``(Sigma*H.T).T`` when Sigma is symmetric), sub-chains that only
+  appear after reassociation, and sums computed before inside a larger sum, up to sign
+  (``Ps1 - A*P*A.T - Q`` once ``A*P*A.T + Q`` is computed).
 """
 
 from __future__ import annotations
@@ -239,6 +245,8 @@ class _Builder:
         self.factors: dict[sp.Basic, MatrixSymbol] = {}
         self.inputs: dict[str, int] = {}
         self.structures: dict[sp.Basic, _Structure | None] = {}
+        #: symbols standing for a power of a positive diagonal input: symbol -> (input, power)
+        self.roots: dict[MatrixSymbol, tuple[MatrixSymbol, float]] = {}
 
     # -- steps ------------------------------------------------------------------------------
     def add(self, op: str, args: tuple[int, ...], shape: tuple[Any, Any], label: str = "",
@@ -579,6 +587,51 @@ class _Builder:
         return valid[0]
 
     def leaves(self, mats: list[sp.Basic]) -> list[sp.Basic]:
+        return self.split_roots(self._leaves(mats))
+
+    def split_roots(self, out: list[sp.Basic]) -> list[sp.Basic]:
+        """A positive diagonal factor ``D`` (or ``inv(D)`` solved as a diagonal) between two
+        sides that are each other's transposes (``B.T D B``, ``H.T inv(R) H``) becomes two
+        factors ``D^(1/2)`` (``D^(-1/2)``): the chain is then ``X.T X`` with ``X = D^(1/2) B``
+        (a row scaling, ``diag_mul`` with a ``power``), a rank-k update where it was a
+        symmetric product -- the expert's ``syrk(B / sqrt(r))``."""
+        if len(out) < 3:
+            return out
+        for p in range(1, len(out) - 1):
+            root = self.root_of(out[p])
+            if root is None:
+                continue
+            for k in range(1, min(p, len(out) - 1 - p) + 1):
+                left, right = out[p - k : p], out[p + 1 : p + 1 + k]
+                if self.key(Transpose(MatMul(*left))) == self.key(MatMul(*right)):
+                    h = self.root_symbol(*root)
+                    return [*out[:p], h, h, *self.split_roots(out[p + 1 :])]
+        return out
+
+    def root_of(self, leaf: sp.Basic) -> tuple[MatrixSymbol, float] | None:
+        """``(D, power)`` for a positive diagonal input ``D`` (power 1/2) or its inverse solved
+        as a diagonal (-1/2); None for any other factor."""
+        power = 0.5
+        if isinstance(leaf, Inverse) and self.kernel(leaf.arg) == "diagonal":
+            leaf, power = leaf.arg, -0.5
+        if not isinstance(leaf, MatrixSymbol) or leaf in self.roots:
+            return None
+        facts = self.fb.facts(leaf)
+        return (leaf, power) if DIAGONAL in facts and PD in facts else None
+
+    def root_symbol(self, d: MatrixSymbol, power: float) -> MatrixSymbol:
+        """The diagonal ``D^power`` as a chain factor: a symbol bound to ``D``'s step whose
+        products are ``diag_mul`` with that ``power`` (see :meth:`_structure`)."""
+        for sym, (base, p) in self.roots.items():
+            if base == d and p == power:
+                return sym
+        sym = MatrixSymbol(f"{d.name}_pow{len(self.roots)}", d.shape[0], d.shape[1])
+        self.fb.declare(sym, {DIAGONAL, PD, SYMMETRIC, INVERTIBLE})
+        self.bound[sym] = self.emit(d)
+        self.roots[sym] = (d, power)
+        return sym
+
+    def _leaves(self, mats: list[sp.Basic]) -> list[sp.Basic]:
         out: list[sp.Basic] = []
         for m in mats:
             if isinstance(m, Identity):
@@ -763,6 +816,11 @@ class _Builder:
             return None
         kernel, attrs = found
         assert kernel.structured is not None
+        if base in self.roots:  # D^(1/2), D^(-1/2): a scaling by a power of D's diagonal
+            if kernel.name != "diag_mul":
+                return None
+            base, power = self.roots[base]
+            attrs = {**attrs, "power": power}
         return _Structure(kernel.name, base, trans, tuple(sorted(attrs.items())),
                           kernel.structured.transposed)
 
@@ -884,6 +942,15 @@ class _Builder:
         del keys
         return self.emit_tree(tree, leaves, virtual, label)
 
+    def mirror_node(self, t: _Tree, leaves: list[sp.Basic]) -> bool:
+        """The left half of node ``t`` is the transpose of its right half (``X.T X``)."""
+        assert t.left is not None and t.right is not None
+        if not self.cse or t.left.j - t.left.i != t.right.j - t.right.i:
+            return False
+        left = MatMul(*leaves[t.left.i : t.left.j + 1])
+        right = MatMul(*leaves[t.right.i : t.right.j + 1])
+        return self.key(Transpose(left)) == self.key(right)
+
     def emit_tree(self, t: _Tree, leaves: list[sp.Basic], virtual: list[bool], label: str) -> int:
         if t.i == t.j:
             return self.chain([leaves[t.i]], label)
@@ -902,8 +969,14 @@ class _Builder:
             x = leaves[t.right.i].arg
             step = self.transpose(self.solve(_transpose(x), self.transpose(lhs), text))
         else:
-            a = self.emit_tree(t.left, leaves, virtual, label)
-            b = self.emit_tree(t.right, leaves, virtual, label)
+            if self.mirror_node(t, leaves):
+                # X.T X: X (the right half) first, X.T its view -- a scaling or a solve of
+                # X's rows rather than of a transposed view's
+                b = self.emit_tree(t.right, leaves, virtual, label)
+                a = self.emit_tree(t.left, leaves, virtual, label)
+            else:
+                a = self.emit_tree(t.left, leaves, virtual, label)
+                b = self.emit_tree(t.right, leaves, virtual, label)
             sa, sb = self.steps[a], self.steps[b]
             left = self.structure(leaves[t.i]) if t.left.i == t.left.j else None
             right = self.structure(leaves[t.j]) if t.right.i == t.right.j else None
@@ -917,6 +990,13 @@ class _Builder:
             elif self.knobs["syrk"] and sb.op == "transpose" and sb.args[0] == a:
                 # X @ X.T = (X.T).T @ (X.T): the rank-k update of X.T (a view)
                 step = self.add("syrk", (b,), shape, text, alpha=1.0, beta=0.0)
+            elif (t.left.i == t.left.j and t.right.i == t.right.j
+                  and leaves[t.i] == leaves[t.j] and leaves[t.i] in self.roots):
+                # D^p D^p = D^(2p), formed (never the cheapest: a chain scales its operand)
+                base, power = self.roots[leaves[t.i]]
+                eye = self.add("eye", (), shape, "I")
+                step = self.add("diag_mul", (self.emit(base), eye), shape, text, side="left",
+                                power=2 * power)
             elif left is not None or right is not None:
                 step = self.structured_product(left, right, a, b, shape, text)
             elif (self.knobs.get("symprod") and self.size(shape[0]) == self.size(shape[1])

@@ -400,3 +400,27 @@ def test_rts_shares_its_gain_and_its_predicted_covariance():
     assert sum(s.op == "cholesky" for s in live) == 1
     assert sum(s.op in ("symprod", "syrk") and s.args[0] == prog.inputs["A"] for s in live) == 1
     assert prog.flops(dims) < 70e9
+
+
+def test_a_positive_diagonal_between_mirrored_sides_splits_into_square_roots():
+    """H.T inv(R) H with R diagonal: X = R^(-1/2) H (one row scaling of H, not of a
+    transposed view) and a rank-k update, as the expert's syrk(H / sqrt(r)); every
+    parenthesization (D^p D^p formed where one asks for it) still matches the reference."""
+    p = load_problem("information_filter")
+    big = p.resolve_dims()
+    prog = derive(p, named_point(p, "flop-optimal", big), big)
+    live = [prog.steps[i] for i in prog.live_steps()]
+    scale = [s for s in live if s.op == "diag_mul" and s.attr("power") == -0.5]
+    assert len(scale) == 1 and scale[0].args[1] == prog.inputs["H"]
+    assert scale[0].attr("side") == "left"
+    assert any(s.op == "syrk" and s.args[0] == prog.steps.index(scale[0]) for s in live)
+    assert not any(s.op == "symprod" for s in live)
+    dims = _small_dims(p)
+    inst = random_instance(p, dims, seed=4)
+    ref = evaluate_reference(p, inst, dims)
+    tol = tolerance("float64", ref.condition, max(dims.values()))
+    base = named_point(p, "flop-optimal", dims)
+    for order in ("optimal", "left", "right", 1, 2, 3, 4, 5):
+        _, res = _run(p, {**base, "order": order}, dims, inst)
+        for out, value in zip(p.outputs, res, strict=True):
+            assert relative_error(value, ref.outputs[out]) <= tol, (order, out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..properties import DIAGONAL, LOWER, UPPER
+from ..properties import DIAGONAL, LOWER, PD, UPPER
 from .factorizations import solve_operands
 from .registry import TRIANGULAR, Example, Kernel, Operand, StructuredUse, register_kernel
 
@@ -74,6 +74,13 @@ def _lower_diag_mul(step: Any, args: list[Any], env: Mapping[str, int], dtype: s
     import pytensor.tensor as pt
 
     d = pt.diagonal(args[0])
+    power = float(step.attr("power", 1.0))
+    if power == 0.5:
+        d = pt.sqrt(d)
+    elif power == -0.5:
+        d = 1.0 / pt.sqrt(d)
+    elif power != 1.0:
+        d = d**power
     if step.attr("side", "left") == "left":
         return d[:, None] * args[1]
     return args[1] * d[None, :]
@@ -82,8 +89,14 @@ def _lower_diag_mul(step: Any, args: list[Any], env: Mapping[str, int], dtype: s
 def _ref_diag_mul(step: Any, x: list[Any]) -> Any:
     import numpy as np
 
-    d = np.diag(np.diag(x[0]))
+    d = np.diag(np.diag(x[0]) ** float(step.attr("power", 1.0)))
     return d @ x[1] if step.attr("side", "left") == "left" else x[1] @ d
+
+
+def _diag_mul_text(step: Any) -> str:
+    power = float(step.attr("power", 1.0))
+    side = step.attr("side", "left")
+    return f"diag_mul ({side})" if power == 1.0 else f"diag_mul ({side}, D^{power:g})"
 
 
 def _trmm_cost(shapes: Any, shape: tuple[int, int], attrs: Mapping[str, Any]) -> float:
@@ -155,12 +168,17 @@ for _k in (
                              (("alpha", -1.5), ("lower", False), ("side", "right"),
                               ("trans", True))))),
     Kernel("diag_mul", "product with a diagonal matrix (a row or column scaling): attrs side "
-           "('left': D @ B, 'right': B @ D)", "D @ B  (D diagonal)", "product", _diag_mul_cost,
-           _lower_diag_mul, properties=((DIAGONAL,), ()), reference=_ref_diag_mul,
-           step_text=lambda step: f"diag_mul ({step.attr('side', 'left')})",
+           "('left': D @ B, 'right': B @ D), power (of D: 0.5 and -0.5 split B.T D B and "
+           "B.T D^-1 B into a rank-k update)", "D^p @ B  (D diagonal)", "product",
+           _diag_mul_cost, _lower_diag_mul, properties=((DIAGONAL,), ()),
+           reference=_ref_diag_mul, step_text=_diag_mul_text,
            structured=StructuredUse(0, _diagonal_factor),
            examples=(Example(((5, 5), (5, 3)), (5, 3), 15.0, (("side", "left"),)),
-                     Example(((5, 5), (3, 5)), (3, 5), 15.0, (("side", "right"),)))),
+                     Example(((5, 5), (3, 5)), (3, 5), 15.0, (("side", "right"),)),
+                     Example(((5, 5), (5, 3)), (5, 3), 15.0, (("power", -0.5), ("side", "left")),
+                             ((PD,), ())),
+                     Example(((5, 5), (3, 5)), (3, 5), 15.0, (("power", 0.5), ("side", "right")),
+                             ((PD,), ())))),
     Kernel("diag_solve", "solve with a diagonal matrix (scaling): side", "D^-1 @ B",
            "solve", _diag_solve_cost, _lower_diag_solve, properties=((DIAGONAL,), ()),
            reference=_ref_diag_solve,
