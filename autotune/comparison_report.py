@@ -8,25 +8,15 @@ scale, :func:`headline` / :func:`format_headline` the row the README quotes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .comparison_cases import LIMIT, LIMIT_LABEL, VARIANTS, Case, read_cases
 from .errors import AutotuneError
+from .units import format_seconds as _fmt_time
 
 __all__ = ["format_headline", "headline", "plot", "write_markdown"]
-
-
-def _fmt_time(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    if x < 1e-3:
-        return f"{x * 1e6:.0f} µs"
-    if x < 1:
-        return f"{x * 1e3:.1f} ms"
-    return f"{x:.2f} s"
 
 
 def _fmt_ratio(x: float | None, y: float | None) -> str:

@@ -15,6 +15,7 @@ from .measure import Worker
 from .plan import Plan, read_plan, save_plan
 from .search import Entry, SearchConfig, SearchResult, open_storage, study_name, tune
 from .spec import Problem
+from .units import format_seconds as _fmt
 
 __all__ = ["run_tuning", "build_plan", "describe_plan", "write_report"]
 
@@ -349,14 +350,6 @@ def _print_limit(c: Mapping[str, Any], console) -> None:
         )
     elif c.get("limit_note"):
         console.print(f"{_fmt_gflop(c['flops'] / 1e9)}{also}; {c['limit_note']}")
-
-
-def _fmt(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    if x < 1e-3:
-        return f"{x * 1e6:.0f} µs"
-    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.3f} s"
 
 
 def describe_plan(plan: Plan) -> None:

@@ -24,6 +24,7 @@ from .contest import Entry, run_final_round
 from .errors import AutotuneError, PlanError
 from .measure import Job, Measurement, TimingPolicy, Worker
 from .stats import limit_ratio, significantly_faster
+from .units import format_seconds as _t
 
 __all__ = ["Verification", "verify_plan", "write_markdown"]
 
@@ -145,12 +146,6 @@ def _verdict(plan, entries, contest) -> Verification:
         str(plan.path), not reasons, reasons, float(c["timing"]["median"]), median,
         list(samples), baselines, rate / 1e9 if rate else None, ratio, c.get("limit_ratio"),
         dict(m.errors), [], contest.rounds)
-
-
-def _t(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.3f} s"
 
 
 def write_markdown(results: list[Verification], path: str | Path) -> Path:

@@ -61,6 +61,8 @@ from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from autotune.units import format_seconds as _t  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
 EXAMPLE = RESULTS / "example-plan-kalman-n200.json"
@@ -310,15 +312,6 @@ def wrapper_pieces(plan: Path, rounds: int = 2000) -> dict[str, float]:
 
 
 # -- report ------------------------------------------------------------------------------------
-
-
-def _t(s: float) -> str:
-    a = abs(s)
-    if a >= 1.0:
-        return f"{s:.2f} s"
-    if a >= 1e-3:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s * 1e6:.1f} µs"
 
 
 def _pct(part: float, whole: float) -> str:

@@ -63,6 +63,8 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from autotune.units import format_seconds as _t  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
 SHIPPED = ("kalman", "gls", "tikhonov", "mmse", "enkf")
@@ -390,17 +392,6 @@ def checks_verdict(on: Sequence[float], off: Sequence[float]) -> dict[str, Any]:
 
 
 # -- report --------------------------------------------------------------------------------------
-
-
-def _t(s: float | None) -> str:
-    if s is None:
-        return "-"
-    a = abs(s)
-    if a >= 1.0:
-        return f"{s:.3f} s"
-    if a >= 1e-3:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s * 1e6:.1f} µs"
 
 
 def _mark(ok: bool | None) -> str:

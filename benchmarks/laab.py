@@ -66,6 +66,8 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from autotune.units import format_seconds  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 LAAB_DIR = Path(__file__).resolve().parent / "laab_tests"
 DTYPE = "float32"  # LAAB: single precision
@@ -501,11 +503,7 @@ def _median(xs: Sequence[float] | None) -> float | None:
 
 
 def _fmt_time(x: float | None) -> str:
-    if x is None:
-        return "—"
-    if x < 1e-3:
-        return f"{x * 1e6:.1f} µs"
-    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
+    return format_seconds(x, missing="—")
 
 
 def _cell(r: TestResult, column: str, stats: str) -> str:
