@@ -373,6 +373,10 @@ class TunedFunction:
                 self._bands[n] = band
                 lower = upper = False
             plan[n] = (sym, lower, upper, n in unguarded)
+        try:
+            self._read_triangles = checks.triangle_scans(self.program, unguarded)
+        except Exception:  # noqa: BLE001 - cannot tell: scan whole
+            self._read_triangles = {}
         self._windows = self._property_windows(plan)
         self._cursors = dict.fromkeys(self._windows, 0)
         for n, (sym, lower, upper, unread) in plan.items():
@@ -387,9 +391,17 @@ class TunedFunction:
         # likewise a banded input: only its band (what band_mul and band_solve read)
         self._band_scans = {n for n, (*_, scan) in plan.items()
                             if scan and n in self._bands and self.check_properties}
+        # a symmetric input read in one triangle only (factorized, the c of syrk): that
+        # triangle; a NaN in the other breaks its symmetry, which the property checks read
+        # (within their budget: in a window of rows per call, as an asymmetry)
+        self._triangle_scans = {n: lo for n, lo in self._read_triangles.items()
+                                if plan[n][3] and plan[n][0] and self.check_properties
+                                and n not in self._band_scans}
         kinds = ["finite"]
         if self.check_properties and self._bands:
             kinds.append("banded")
+        if self._triangle_scans:
+            kinds.append("triangle_finite")
         if self.check_properties and any(p[0] for p in plan.values()):
             kinds.append("symmetric")
         if self.check_properties and any(p[1] or p[2] for p in plan.values()):
@@ -463,7 +475,13 @@ class TunedFunction:
         if diagonal:
             return min(rows, cols)
         band = self._bands.get(name)
-        return rows * min(cols, band[0] + band[1] + 1) if band is not None else rows * cols
+        if band is not None:
+            return rows * min(cols, band[0] + band[1] + 1)
+        from .properties import SYMMETRIC
+
+        if name in self._read_triangles and SYMMETRIC in self._facts[name]:
+            return rows * (rows + 1) // 2
+        return rows * cols
 
     def _window(self, name: str) -> tuple[int, int] | None:
         """This call's rows of ``name``'s property checks (None: all), moving the window on."""
@@ -564,12 +582,16 @@ class TunedFunction:
 
     def _scan(self, name: str, arr: np.ndarray) -> bool:
         """Whether the elements of ``name`` the plan reads are finite: of a diagonal input
-        (with its zeros checked as a property) the diagonal, of a banded one its band, else
+        (with its zeros checked as a property) the diagonal, of a banded one its band, of one
+        read in one triangle (:func:`~autotune.checks.triangle_scans`) that triangle, else
         every element."""
         if name in self._diagonal_scans:
             return bool(np.isfinite(np.diagonal(arr)).all())
         if name in self._band_scans:
             return self._checks.band_all_finite(arr, self._bands[name])
+        lower = self._triangle_scans.get(name)
+        if lower is not None:
+            return self._checks.triangle_all_finite(arr, lower, self._check_threads)
         return self._checks.all_finite(arr, self._check_threads)
 
     def _check_cheap_properties(self, name: str, arr: np.ndarray) -> None:

@@ -107,6 +107,19 @@ def _finite_rows(a, r0, r1, zero):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _finite_triangle(a, lower, r0, r1, zero):  # pragma: no cover - compiled
+    """``sum(x * 0)`` over the lower (``lower``) or upper triangle, diagonal included, of rows
+    ``r0 .. r1`` of a square array: 0 exactly when every element there is finite."""
+    acc = zero
+    n = a.shape[1]
+    for i in range(r0, r1):
+        row = a[i, 0 : min(i + 1, n)] if lower else a[i, i:n]
+        for j in range(row.shape[0]):
+            acc += row[j] * zero
+    return acc
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _sym_pass(a, r0, r1, zero):  # pragma: no cover - compiled
     """Over the pairs ``(i, j < i)`` of rows ``r0 .. r1`` of a square array: ``(largest sum of
     (a_ij - a_ji)^2 over one micro-tile or edge chunk, total sum, largest finite |a_ii|,
@@ -430,6 +443,21 @@ def all_finite(a: np.ndarray, threads: int = 1) -> bool:
     return bool(np.isfinite(a).all())  # pragma: no cover - inputs and outputs are 2-d
 
 
+def triangle_all_finite(a: np.ndarray, lower: bool, threads: int = 1) -> bool:
+    """Whether every element of the lower (``lower``) or upper triangle of the square array
+    ``a``, its diagonal included, is finite: half a pass, no temporary."""
+    n = a.shape[0]
+    if n == 0:
+        return True
+    a, transposed = _c_view(a)
+    if transposed:  # the lower triangle of a is the upper one of a.T
+        lower = not lower
+    zero = a.dtype.type(0)
+    bounds = _bounds(n, _parts(a.size // 2, threads), "lower" if lower else "upper")
+    parts = [(a, lower, s, e, zero) for s, e in bounds]
+    return all(acc == 0 for acc in _run(_finite_triangle, parts))
+
+
 class Symmetry(NamedTuple):
     """The verdict of :func:`symmetry`."""
 
@@ -567,6 +595,9 @@ def warm(dtype: str | np.dtype, kinds: Iterable[str] = ("finite", "symmetric", "
                     _sym_window(arr, 0, n)
                 elif kind == "triangular":
                     _strict_triangle_abs(arr, True, 0, n, zero)
+                elif kind == "triangle_finite":
+                    _finite_triangle(arr, True, 0, n, zero)
+                    _finite_triangle(arr, False, 0, n, zero)
                 elif kind == "banded":
                     _outside_band_abs(arr, 1, 1, 0, n, zero)
                     _band_finite(arr, 1, 1)
@@ -602,6 +633,53 @@ _PROPAGATING: dict[str, tuple[int, ...] | None] = {
     "band_mul": None,  # as diag_mul: the band is read, the zeros outside it are checked
     "band_solve": (-1,),  # the right-hand side (negative: counted from the last argument)
 }
+
+
+#: For each op, the argument positions of which it reads only the lower triangle (the
+#: factorizations, and the ``c`` of the symmetric kernels): a NaN in the other triangle of
+#: what it reads changes nothing it computes.
+_LOWER_READ: dict[str, tuple[int, ...]] = {
+    "cholesky": (0,),
+    "spd_inv": (0,),
+    "syrk": (1,),
+    "symprod": (2,),
+}
+
+
+def triangle_scans(program: Any, names: Iterable[str]) -> dict[str, bool]:
+    """Of the inputs ``names`` (those :func:`unguarded_inputs` found), the ones the program
+    reads in one triangle only -- every use of the input, or of its transpose, is by an op of
+    :data:`_LOWER_READ` in that position -- mapped to whether that triangle is the input's
+    lower one. Their finiteness scan reads that triangle (half the elements); a NaN in the
+    other changes no output (and breaks the symmetry the property checks read)."""
+    steps = program.steps
+    live = program.live_steps()
+    consumers: dict[int, list[tuple[int, int]]] = {}
+    for i in live:
+        for pos, j in enumerate(steps[i].args):
+            consumers.setdefault(j, []).append((i, pos))
+    out: dict[str, bool] = {}
+    for name in names:
+        idx = program.inputs.get(name)
+        if idx is None:
+            continue
+        sides: set[bool] = set()
+        todo = [(idx, True)]
+        ok = True
+        while todo and ok:
+            step, lower = todo.pop()
+            for c, pos in consumers.get(step, ()):
+                op = steps[c].op
+                if op == "transpose":
+                    todo.append((c, not lower))
+                elif pos in _LOWER_READ.get(op, ()):
+                    sides.add(lower)
+                else:
+                    ok = False
+                    break
+        if ok and len(sides) == 1:
+            out[name] = sides.pop()
+    return out
 
 
 def _covers(rects: list[tuple[int, int, int, int]], rows: int, cols: int) -> bool:

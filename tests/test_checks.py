@@ -252,6 +252,10 @@ def test_all_finite_and_triangles_match_numpy(a, how):
         assert checks.triangle_is_zero(a, upper) == bool((part(a, k) == 0).all())
         lower_only = _layout(np.tril(np.asarray(a)) if upper else np.triu(np.asarray(a)), how)
         assert checks.triangle_is_zero(lower_only, upper)
+        # the finiteness of one triangle, the diagonal included (2 threads: split rows)
+        for threads in (1, 2):
+            assert checks.triangle_all_finite(a, not upper, threads) == bool(
+                np.isfinite(part(np.asarray(a))).all()), (upper, threads)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -893,3 +897,43 @@ def test_a_partial_access_leaves_the_unread_part_unchecked():
     assert checks.unguarded_inputs(part, dims) == set()
     whole = derive(p, {**default_knobs(p), "rewrite": "as_written"}, dims)
     assert checks.unguarded_inputs(whole, dims) == {"A", "B"}
+
+
+def test_a_symmetric_input_read_in_one_triangle_is_scanned_there_only(folder):
+    """Kalman's R only reaches S = H Sigma H.T + R as the c of the symmetric product, which
+    reads its lower triangle: where the property checks take R's symmetry in a window (the
+    budget), the finiteness scan reads that triangle alone; a NaN there is named; a NaN in
+    the other triangle is an asymmetry, caught when the window passes it."""
+    fn = shipped(folder, "kalman", {"n": 400})
+    assert checks.triangle_scans(fn.program, {"R"}) == {"R": True}
+    fn._windows["R"] = 16  # as a budget too small for R would leave it
+    fn._cursors["R"] = 0
+    fn._input_checks["R"] = (True, False, False, True)
+    fn._triangle_scans = {"R": True}
+    x = _instance(fn)
+    bad = dict(x, R=x["R"].copy())
+    bad["R"][150, 3] = np.nan  # lower triangle, outside the first window
+    with pytest.raises(InputError, match=_nan_message("R")):
+        fn(**bad)
+    bad = dict(x, R=x["R"].copy())
+    bad["R"][3, 150] = np.nan  # upper: not read; rows 0..15 of the window hold row 3
+    fn._cursors["R"] = 0
+    with pytest.raises(InputError, match="input R"):
+        fn(**bad)
+    fn._cursors["R"] = 32  # a window away from row 3 and column 3: not seen on this call
+    out = fn(**bad)
+    assert all(np.isfinite(v).all() for v in out)
+
+
+def test_triangle_scans_follow_transposes_and_refuse_mixed_reads():
+    from autotune.program import Program, Step
+
+    steps = (Step("input", (), ("4", "4"), (("name", "A"),)),
+             Step("transpose", (0,), ("4", "4")),
+             Step("cholesky", (1,), ("4", "4")),
+             Step("input", (), ("4", "4"), (("name", "B"),)),
+             Step("cholesky", (3,), ("4", "4")),
+             Step("matmul", (3, 4), ("4", "4")))
+    prog = Program(steps, {"A": 0, "B": 3}, {"L": 2, "M": 5})
+    # A is factorized through its transpose: its upper triangle is read; B is also multiplied
+    assert checks.triangle_scans(prog, {"A", "B"}) == {"A": False}
