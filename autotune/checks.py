@@ -682,6 +682,15 @@ def triangle_scans(program: Any, names: Iterable[str]) -> dict[str, bool]:
     return out
 
 
+def _propagating(step: Any) -> tuple[int, ...] | None:
+    """The argument positions of ``step`` that pass a NaN or an infinity on
+    (:data:`_PROPAGATING`); a scaling by a negative power of a diagonal divides by it (an
+    infinity there becomes 0), as a solve does: only its other operand."""
+    if step.op == "diag_mul" and float(step.attr("power", 1.0)) < 0:
+        return (1,)
+    return _PROPAGATING.get(step.op, ())
+
+
 def _covers(rects: list[tuple[int, int, int, int]], rows: int, cols: int) -> bool:
     """Whether the rectangles ``(r0, r1, c0, c1)`` cover ``[0, rows) x [0, cols)``."""
     if rows == 0 or cols == 0:
@@ -750,7 +759,7 @@ def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
                 break
             if steps[c].op == "slice":
                 continue  # a region of i: counted for views below, else conservative
-            allowed = _PROPAGATING.get(steps[c].op, ())
+            allowed = _propagating(steps[c])
             last = pos - len(steps[c].args)  # the position counted from the end
             if (allowed is None or pos in allowed or last in allowed) and reach.get(c, False):
                 ok = True

@@ -925,21 +925,9 @@ class _Builder:
             k = rows[s + 1]
             return (1.0 if self.knobs["syrk"] else 2.0) * cols[j] * cols[j] * k
 
-        order = self.knobs["order"]
-        if order == "left":
-            tree = _fold(0, n - 1, left=True)
-        elif order == "right":
-            tree = _fold(0, n - 1, left=False)
-        elif order == "optimal" or order == 0 or n > MAX_ENUMERATED:
-            tree = _optimal(n, combine_cost, available, mirrored if self.cse else None, pair_cost,
-                            transposes if self.cse else None)
-        else:
-            trees = sorted(
-                _all_trees(0, n - 1),
-                key=lambda t: (_tree_cost(t, combine_cost, available), _tree_sig(t)),
-            )
-            tree = trees[min(int(order), len(trees) - 1)]
         del keys
+        tree = _ordered(self.knobs["order"], n, combine_cost, available,
+                        (mirrored, pair_cost, transposes) if self.cse else None)
         return self.emit_tree(tree, leaves, virtual, label)
 
     def mirror_node(self, t: _Tree, leaves: list[sp.Basic]) -> bool:
@@ -1082,6 +1070,24 @@ def _fold(i: int, j: int, left: bool) -> _Tree:
     if left:
         return _Tree(i, j, j - 1, _fold(i, j - 1, True), _Tree(j, j))
     return _Tree(i, j, i, _Tree(i, i), _fold(i + 1, j, False))
+
+
+def _ordered(order: Any, n: int, combine_cost, available, shared) -> _Tree:
+    """The parenthesization the ``order`` knob asks for: a fold, the cheapest by the dynamic
+    program (``shared``: its ``(mirrored, pair_cost, transposes)``, None without CSE), or the
+    r-th cheapest of all."""
+    if order == "left":
+        return _fold(0, n - 1, left=True)
+    if order == "right":
+        return _fold(0, n - 1, left=False)
+    if order == "optimal" or order == 0 or n > MAX_ENUMERATED:
+        mirrored, pair_cost, transposes = shared if shared is not None else (None, None, None)
+        return _optimal(n, combine_cost, available, mirrored, pair_cost, transposes)
+    trees = sorted(
+        _all_trees(0, n - 1),
+        key=lambda t: (_tree_cost(t, combine_cost, available), _tree_sig(t)),
+    )
+    return trees[min(int(order), len(trees) - 1)]
 
 
 def _optimal(n: int, combine_cost, available, mirrored=None, pair_cost=None,

@@ -859,7 +859,7 @@ def test_concurrent_calls_with_big_inputs_use_the_check_threads(folder):
     x = _instance(fn)
     bad = dict(x)
     bad["M"] = x["M"].copy()
-    bad["M"][1, 500] = np.nan
+    bad["M"][500, 1] = np.nan  # in the triangle the factorization reads
     errors: list[str] = []
 
     def work(i):
@@ -937,3 +937,15 @@ def test_triangle_scans_follow_transposes_and_refuse_mixed_reads():
     prog = Program(steps, {"A": 0, "B": 3}, {"L": 2, "M": 5})
     # A is factorized through its transpose: its upper triangle is read; B is also multiplied
     assert checks.triangle_scans(prog, {"A", "B"}) == {"A": False}
+
+
+def test_a_negative_power_of_a_diagonal_does_not_vouch_for_it():
+    """H.T inv(R) H as the rank-k update of R^-1/2 H: an infinity on R's diagonal becomes a
+    zero row (1/sqrt(inf)), as in a solve, so R is scanned (its diagonal) and +inf is named."""
+    from autotune.derive import derive
+
+    p = load_problem("information_filter")
+    dims = p.resolve_dims({"n": 16})
+    prog = derive(p, named_point(p, "flop-optimal", dims), dims)
+    assert any(s.op == "diag_mul" and s.attr("power") == -0.5 for s in prog.steps)
+    assert "R" in checks.unguarded_inputs(prog, dims)
