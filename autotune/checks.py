@@ -631,7 +631,9 @@ _PROPAGATING: dict[str, tuple[int, ...] | None] = {
     "solve": (1,),
     "diag_solve": (1,),
     "band_mul": None,  # as diag_mul: the band is read, the zeros outside it are checked
-    "band_solve": (-1,),  # the right-hand side (negative: counted from the last argument)
+    # the band read of every operand and the right-hand side: a non-finite band or scalar
+    # gives NaN (see band_solve_ops), the zeros outside the band are the property checks'
+    "band_solve": None,
 }
 
 

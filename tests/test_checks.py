@@ -783,9 +783,9 @@ def test_a_diagonal_input_is_scanned_on_its_diagonal_and_its_zeros_as_a_property
 
 def test_a_banded_plan_checks_the_band_and_the_zeros_outside_it(folder):
     """Whittaker's plan solves in band storage (band_solve) and reads only the bands of D and
-    W: a NaN inside D's band is named by a scan of the band alone (O(n w), not the m x n
-    matrix); a nonzero outside it breaks the declared bandwidth and is named as such (a NaN
-    there as not finite); the right-hand side's NaN shows in the output."""
+    W: a NaN or an infinity inside D's band makes the output NaN, and D is named; a nonzero
+    outside it breaks the declared bandwidth and is named as such (a NaN there as not
+    finite); the right-hand side's NaN shows in the output."""
     src = (REPO / "search_spaces" / "whittaker.toml").read_text()
     path = make_plan(folder, src, "search_spaces/whittaker.toml", {"n": 40},
                      {**named_point(load_problem("whittaker"), "flop-optimal",
@@ -795,21 +795,24 @@ def test_a_banded_plan_checks_the_band_and_the_zeros_outside_it(folder):
         warnings.simplefilter("ignore")
         fn = load_plan(path)
     assert "band_solve" in {s.op for s in fn.program.steps}
-    # W's diagonal reaches z through W y (diag_mul); lam is a scalar, checked exactly
-    assert checks.unguarded_inputs(fn.program, fn.dims) == {"D", "lam"}
-    assert fn._bands == {"D": (0, 2)} and fn._band_scans == {"D"}
+    # every element band_solve reads reaches z (a non-finite band gives NaN), W's diagonal
+    # through W y too: no input needs a scan of its own, D's zeros are a property
+    assert checks.unguarded_inputs(fn.program, fn.dims) == set()
+    assert fn._bands == {"D": (0, 2)} and fn._band_scans == set()
     x = _instance(fn)
     got = fn(**x)
     d, w = x["D"], x["W"]
     want = np.linalg.solve(w + x["lam"] * d.T @ d, w @ x["y"])
     np.testing.assert_allclose(got.z, want, rtol=1e-9)
-    for where, message in (((3, 5), "contains NaN or infinity"),  # in the band
-                           ((3, 9), "contains NaN or infinity"),  # outside it: not zero
-                           ):
-        bad = dict(x, D=x["D"].copy())
-        bad["D"][where] = np.nan
-        with pytest.raises(InputError, match=f"input D: {message}"):
-            fn(**bad)
+    for where in ((3, 5), (3, 3), (3, 9)):  # in the band, on its edge, outside it
+        for value in (np.nan, np.inf, -np.inf):
+            bad = dict(x, D=x["D"].copy())
+            bad["D"][where] = value
+            with pytest.raises(InputError, match="input D: contains NaN or infinity"):
+                fn(**bad)
+    bad = dict(x, lam=np.float64(np.inf))
+    with pytest.raises(InputError, match="input lam"):
+        fn(**bad)
     bad = dict(x, D=x["D"].copy())
     bad["D"][7, 1] = 0.5  # below the band
     with pytest.raises(InputError, match=r"input D: the plan relies on its band \(bandwidth "

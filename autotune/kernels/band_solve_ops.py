@@ -16,7 +16,9 @@ right-hand side at a time) or LAPACK's banded LU with partial pivoting (``?gbsv`
 dense solve is ``O(n^3)``.
 
 A failed factorization (``spd`` and not positive definite, or singular) gives NaN, as
-PyTensor's numba Cholesky does; the call checks then name the input. Numba runs the NumPy /
+PyTensor's numba Cholesky does, and so does a NaN or an infinity anywhere in the bands read
+(or in a scalar): every element read reaches the output, and the call checks then name the
+input. Numba runs the NumPy /
 LAPACK implementation in object mode (one switch per call, microseconds); JAX and PyTorch
 form the matrix densely from the masked factors and solve it densely (correct, not banded).
 """
@@ -112,14 +114,20 @@ def band_solve(operands: Sequence[Any], b: Any, terms: Sequence[Term], lower: in
 def _diagonals(m: np.ndarray, lower: int, upper: int) -> np.ndarray:
     """The band of the ``r x c`` matrix ``m`` in band storage: ``s[upper - d, j] = m[j - d,
     j]`` for the diagonals ``-lower <= d <= upper`` (zero outside the matrix)."""
-    r, c = m.shape
-    s = np.zeros((lower + upper + 1, c), dtype=np.result_type(m.dtype, np.float32))
-    for d in range(-lower, upper + 1):
-        if -r < d < c:
-            diag = np.diagonal(m, d)
-            j0 = max(d, 0)
-            s[upper - d, j0 : j0 + diag.shape[0]] = diag
+    out_dtype = np.result_type(m.dtype, np.float32)
+    s = np.zeros((lower + upper + 1, m.shape[1]), dtype=out_dtype)
+    _diagonals_into(m, lower, upper, s)
     return s
+
+
+@njit(cache=True, nogil=True)
+def _diagonals_into(m, lower, upper, s):  # pragma: no cover - compiled
+    r, c = m.shape
+    for j in range(c):  # column by column: each row of m is touched once per diagonal
+        for d in range(-lower, upper + 1):
+            i = j - d
+            if 0 <= i < r:
+                s[upper - d, j] = m[i, j]
 
 
 def _product(sa: np.ndarray, la: int, ua: int, sb: np.ndarray, lb: int, ub: int,
@@ -127,14 +135,53 @@ def _product(sa: np.ndarray, la: int, ua: int, sb: np.ndarray, lb: int, ub: int,
     """Band storage of ``A @ B`` from those of ``A`` (``r x k``, band ``(la, ua)``) and ``B``
     (``k x c``, band ``(lb, ub)``): band ``(la + lb, ua + ub)``, each diagonal a sum over
     pairs of diagonals, ``C[j - d, j] = sum_e A[j - d, j - e] B[j - e, j]``."""
+    out = np.zeros((la + lb + ua + ub + 1, sb.shape[1]),
+                   dtype=np.result_type(sa.dtype, sb.dtype))
+    _product_into(sa, la, ua, sb, lb, ub, k, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _product_into(sa, la, ua, sb, lb, ub, k, out):  # pragma: no cover - compiled
     c = sb.shape[1]
     lc, uc = la + lb, ua + ub
-    out = np.zeros((lc + uc + 1, c), dtype=np.result_type(sa.dtype, sb.dtype))
-    for d in range(-lc, uc + 1):
+    for d in range(-lc, uc + 1):  # each pair of diagonals: one contiguous, vectorized pass
+        row = out[uc - d]
         for e in range(max(-lb, d - ua), min(ub, d + la) + 1):
-            j0, j1 = max(e, 0), min(c, k + e)
-            if j1 > j0:
-                out[uc - d, j0:j1] += sa[ua - d + e, j0 - e : j1 - e] * sb[ub - e, j0:j1]
+            a = sa[ua - d + e]
+            bb = sb[ub - e]
+            for j in range(max(e, 0), min(c, k + e)):
+                row[j] += a[j - e] * bb[j]
+
+
+def _read_bands(terms: Sequence[Term], operands: Sequence[Any]
+                ) -> dict[int, tuple[np.ndarray, int, int]]:
+    """Each factor operand's band, read once (in its own orientation, as wide as its widest
+    use): ``index -> (storage, lower, upper)``. The diagonals of a big dense matrix are a
+    page apiece: reading them twice (``D.T`` and ``D``) would cost twice."""
+    need: dict[int, tuple[int, int]] = {}
+    for _, _, factors in terms:
+        for i, trans, fl, fu in factors:
+            lo, up = (fu, fl) if trans else (fl, fu)
+            old = need.get(i, (0, 0))
+            need[i] = (max(old[0], lo), max(old[1], up))
+    return {i: (_diagonals(np.asarray(operands[i]), lo, up), lo, up)
+            for i, (lo, up) in need.items()}
+
+
+def _factor_band(read: tuple[np.ndarray, int, int], shape: tuple[int, int], trans: bool,
+                 fl: int, fu: int) -> np.ndarray:
+    """The band storage of a factor (band ``(fl, fu)`` as it reads its operand, transposed
+    when ``trans``) from the operand's band as read by :func:`_read_bands`."""
+    sb, lo, up = read
+    if not trans:
+        return sb[up - fu : up + fl + 1]
+    r, c = shape  # the operand's; the factor is its c x r transpose
+    out = np.zeros((fl + fu + 1, r), dtype=sb.dtype)
+    for dp in range(-fl, fu + 1):  # factor[j - dp, j] = operand[j, j - dp]
+        j0, j1 = max(0, dp), min(r, c + dp)
+        if j1 > j0:
+            out[fu - dp, j0:j1] = sb[up + dp, j0 - dp : j1 - dp]
     return out
 
 
@@ -147,6 +194,7 @@ def band_storage(terms: Sequence[Term], operands: Sequence[Any], n: int, lower: 
     """``X``'s band in LAPACK band storage (``lower + upper + 1`` rows, ``n`` columns) from its
     terms; a term whose band exceeds ``(lower, upper)`` is an error (it would be dropped)."""
     ab = np.zeros((lower + upper + 1, n), dtype=dtype)
+    bands = _read_bands(terms, operands)
     for coeff, scalars, factors in terms:
         c = coeff
         for s in scalars:
@@ -157,8 +205,8 @@ def band_storage(terms: Sequence[Term], operands: Sequence[Any], n: int, lower: 
         acc = lo = up = None
         for i, trans, fl, fu in factors:
             m = np.asarray(operands[i])
+            s = _factor_band(bands[i], m.shape, trans, fl, fu)
             m = m.T if trans else m
-            s = _diagonals(m, fl, fu)
             if acc is None:
                 acc, lo, up = s, fl, fu
             else:
@@ -207,6 +255,18 @@ def _band_cho_solve_rows(lc, b):  # pragma: no cover - compiled
     n, m = b.shape
     u = lc.shape[1] - 1
     x = np.empty((n, m), dtype=b.dtype)
+    if m == 1:  # one right-hand side: scalars, no row views
+        for i in range(n):
+            v = b[i, 0]
+            for d in range(1, min(u, i) + 1):
+                v -= lc[i, d] * x[i - d, 0]
+            x[i, 0] = v / lc[i, 0]
+        for i in range(n - 1, -1, -1):
+            v = x[i, 0]
+            for d in range(1, min(u, n - 1 - i) + 1):
+                v -= lc[i + d, d] * x[i + d, 0]
+            x[i, 0] = v / lc[i, 0]
+        return x
     for i in range(n):  # L y = b
         row = x[i]
         row[:] = b[i]
@@ -242,6 +302,10 @@ def solve_from_terms(op: BandSolve, inputs: Sequence[Any], dtype: Any) -> np.nda
     b = np.asarray(inputs[-1])
     n = b.shape[0]
     ab = band_storage(op.terms, inputs[:-1], n, op.lower, op.upper, dtype)
+    if not np.isfinite(ab).all():
+        # a NaN or an infinity in a band read (or a scalar): the solve could hide it (an
+        # infinite pivot divides to 0); NaN says so, and the call checks name the input
+        return np.full(b.shape, np.nan, dtype=dtype)
     try:
         if op.spd:
             lc, ok = _band_cholesky(ab[: op.upper + 1], op.upper)
