@@ -60,7 +60,7 @@ CHECK_FLOOR_S = 20e-6
 #: out of cache on the machines of ``results/CALL_CHECKS.md`` ran at 11-15 GB/s).
 CHECK_BYTES_PER_S = 8e9
 #: The fewest rows a window of property checks has.
-MIN_WINDOW = 8
+MIN_WINDOW = 1
 
 
 class Outputs(tuple):
