@@ -384,6 +384,21 @@ class TunedFunction:
             covered = bool(self.check_properties) and sym and n not in self._windows
             plan[n] = (sym, lower, upper, self.check_finite and unread and not covered)
         self._input_checks = plan
+        self._set_partial_scans(plan)
+        kinds = ["finite"]
+        if self.check_properties and self._bands:
+            kinds.append("banded")
+        if self._triangle_scans:
+            kinds.append("triangle_finite")
+        if self.check_properties and any(p[0] for p in plan.values()):
+            kinds.append("symmetric")
+        if self.check_properties and any(p[1] or p[2] for p in plan.values()):
+            kinds.append("triangular")
+        checks.warm(self.dtype, kinds)
+
+    def _set_partial_scans(self, plan: Mapping[str, tuple[bool, bool, bool, bool]]) -> None:
+        """The inputs whose finiteness scan reads only the part the plan reads, the rest being
+        the property checks' (see :meth:`_scan`)."""
         # a diagonal input whose zeros the property checks read: the plan reads only its
         # diagonal (diag_mul, diag_solve), so only the diagonal needs a finiteness pass
         self._diagonal_scans = {n for n, (sym, lower, upper, scan) in plan.items()
@@ -397,16 +412,6 @@ class TunedFunction:
         self._triangle_scans = {n: lo for n, lo in self._read_triangles.items()
                                 if plan[n][3] and plan[n][0] and self.check_properties
                                 and n not in self._band_scans}
-        kinds = ["finite"]
-        if self.check_properties and self._bands:
-            kinds.append("banded")
-        if self._triangle_scans:
-            kinds.append("triangle_finite")
-        if self.check_properties and any(p[0] for p in plan.values()):
-            kinds.append("symmetric")
-        if self.check_properties and any(p[1] or p[2] for p in plan.values()):
-            kinds.append("triangular")
-        checks.warm(self.dtype, kinds)
 
     def _band_of(self, name: str) -> tuple[int, int] | None:
         """``name``'s band when it is narrower than a triangle on both sides, else None."""

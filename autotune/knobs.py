@@ -122,8 +122,6 @@ def inverted_matrices(problem, fb: FactBase | None = None) -> dict[str, frozense
 def _inverted(problem, fb: FactBase | None = None
               ) -> dict[str, tuple[frozenset[str], bool]]:
     """Solver label -> (facts of the inverted matrix, whether its band is narrow)."""
-    import sympy as sp
-
     from .inverses import _inverses, inverse_labels
     from .properties import canonical
 
@@ -132,8 +130,7 @@ def _inverted(problem, fb: FactBase | None = None
     out: dict[str, tuple[frozenset[str], bool]] = {}
     for name in problem.outputs:
         for x in _inverses(problem.expressions[name]):
-            size = sp.sympify(sp.sympify(x.shape[0]).xreplace(fb.dims))
-            n = int(size) if size.is_Integer else 0  # unknown here: no banded solve offered
+            n = fb.size(x.shape[0]) or 0  # unknown here: no banded solve offered
             out[labels[canonical(x, fb)]] = (fb.facts(x), narrow_band(fb.bandwidth(x), n))
     return out
 
