@@ -446,16 +446,28 @@ def all_finite(a: np.ndarray, threads: int = 1) -> bool:
 def triangle_all_finite(a: np.ndarray, lower: bool, threads: int = 1) -> bool:
     """Whether every element of the lower (``lower``) or upper triangle of the square array
     ``a``, its diagonal included, is finite: half a pass, no temporary."""
+    return _triangle_pass(_finite_triangle, a, not lower, threads, kernel_upper=False)
+
+
+def _triangle_pass(kernel: Callable[..., Any], a: np.ndarray, upper: bool, threads: int,
+                   rows: tuple[int, int] | None = None, kernel_upper: bool = True) -> bool:
+    """``kernel(a, flag, r0, r1, zero) == 0`` over the upper (``upper``) or lower triangle of
+    the square ``a``'s C-ordered view (an F-ordered array's triangles swap), split over
+    ``threads`` by the triangle's work, or on ``rows`` only. ``flag`` is "upper" for a
+    kernel that takes ``upper`` (``kernel_upper``), else "lower"."""
     n = a.shape[0]
     if n == 0:
         return True
     a, transposed = _c_view(a)
-    if transposed:  # the lower triangle of a is the upper one of a.T
-        lower = not lower
+    if transposed:  # the upper triangle of a is the lower one of a.T
+        upper = not upper
     zero = a.dtype.type(0)
-    bounds = _bounds(n, _parts(a.size // 2, threads), "lower" if lower else "upper")
-    parts = [(a, lower, s, e, zero) for s, e in bounds]
-    return all(acc == 0 for acc in _run(_finite_triangle, parts))
+    flag = upper if kernel_upper else not upper
+    if rows is not None:
+        r0, r1 = max(0, rows[0]), min(n, rows[1])
+        return r0 >= r1 or kernel(a, flag, r0, r1, zero) == 0
+    bounds = _bounds(n, _parts(a.size // 2, threads), "upper" if upper else "lower")
+    return all(acc == 0 for acc in _run(kernel, [(a, flag, s, e, zero) for s, e in bounds]))
 
 
 class Symmetry(NamedTuple):
@@ -526,19 +538,7 @@ def triangle_is_zero(a: np.ndarray, upper: bool, threads: int = 1,
     """Whether every element of the strict upper (``upper``) or lower triangle of the square
     array ``a`` is exactly zero (a NaN there is not). ``rows``: only the rows ``(r0, r1)``
     of the array's C-ordered view (of an F-ordered array, its columns)."""
-    n = a.shape[0]
-    if n == 0:
-        return True
-    a, transposed = _c_view(a)
-    if transposed:  # the upper triangle of a is the lower one of a.T
-        upper = not upper
-    zero = a.dtype.type(0)
-    if rows is not None:
-        r0, r1 = max(0, rows[0]), min(n, rows[1])
-        return r0 >= r1 or _strict_triangle_abs(a, upper, r0, r1, zero) == 0
-    bounds = _bounds(n, _parts(a.size // 2, threads), "upper" if upper else "lower")
-    parts = [(a, upper, s, e, zero) for s, e in bounds]
-    return all(acc == 0 for acc in _run(_strict_triangle_abs, parts))
+    return _triangle_pass(_strict_triangle_abs, a, upper, threads, rows)
 
 
 def band_is_zero(a: np.ndarray, band: tuple[int, int],
