@@ -14,6 +14,15 @@ workers in a seeded random order per round, so drift hits both alike; a worker's
 (compiling, warming caches) is not timed. The verdict is LAAB's rule
 (:func:`autotune.stats.significantly_faster`, paired by round): new faster, old faster, or no
 significant difference. Both workers are limited to the plan's thread count by the plan itself.
+
+``--tune PROBLEM:N ...`` asks the stronger question, "does the new code *tune* to plans at least
+as fast?": each checkout runs ``autotune run`` on each problem from scratch under the same
+budget (``--trials``, ``--timeout``; the two checkouts alternate which goes first), each into
+its own folder, and then each side's plan is timed under its own checkout, interleaved as
+above::
+
+    python -m benchmarks.versions --old /tmp/old --tune kalman:4000 gls:2000 \
+        --trials 16 --timeout 240 --work /tmp/tuned --out results/VERSIONS-TUNED.md
 """
 
 from __future__ import annotations
@@ -76,10 +85,12 @@ class Worker:
         self.proc.wait(30)
 
 
-def compare(old: Path, new: Path, plan: str, repeats: int, seed: int) -> dict[str, Any]:
+def compare(old: Path, new: Path, plan: str, repeats: int, seed: int,
+            new_plan: str | None = None) -> dict[str, Any]:
+    """Time ``plan`` under both checkouts (or ``new_plan`` under the new one), interleaved."""
     from autotune.stats import quartiles, significantly_faster
 
-    workers = {"old": Worker(old, plan), "new": Worker(new, plan)}
+    workers = {"old": Worker(old, plan), "new": Worker(new, new_plan or plan)}
     times: dict[str, list[float]] = {"old": [], "new": []}
     rng = random.Random(seed)
     try:
@@ -103,7 +114,48 @@ def compare(old: Path, new: Path, plan: str, repeats: int, seed: int) -> dict[st
             "old_ops": workers["old"].ops, "new_ops": workers["new"].ops}
 
 
-def write(rows: list[dict[str, Any]], old: Path, new: Path, repeats: int, path: Path) -> None:
+def tune(tree: Path, problem: str, n: str, out: Path, trials: int, timeout: float) -> str:
+    """``autotune run`` from scratch in ``tree``; the path of the plan it stored and its seconds."""
+    import time
+
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(tree), "OPENBLAS_THREAD_TIMEOUT": "1"}
+    cmd = [sys.executable, "-c", "from autotune.cli import main; main()", "run", "--problem",
+           problem, "--n", n, "--trials", str(trials), "--timeout", str(timeout),
+           "--out", str(out), "--quiet"]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    took = time.perf_counter() - t0
+    plans = sorted(out.glob(f"plan-{problem}-*.json"), key=lambda q: q.stat().st_mtime)
+    if done.returncode != 0 or not plans:
+        raise RuntimeError(f"tuning {problem} in {tree} failed:\n{done.stderr[-2000:]}")
+    print(f"tuned {problem} n={n} in {tree} ({took:.0f} s): {plans[-1].name}", flush=True)
+    return str(plans[-1])
+
+
+def tuned_rows(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each problem tuned by both checkouts (alternating who goes first), then timed."""
+    old, new = a.old.resolve(), a.new.resolve()
+    pairs = []
+    for i, item in enumerate(a.tune):
+        problem, _, n = item.partition(":")
+        sides = [("old", old), ("new", new)]
+        plans = {}
+        for side, tree in sides if i % 2 == 0 else sides[::-1]:
+            plans[side] = tune(tree, problem, n, a.work / side / problem, a.trials, a.timeout)
+        pairs.append((f"{problem} n={n}", plans))
+    rows = []
+    for label, plans in pairs:
+        row = compare(old, new, plans["old"], a.repeats, a.seed, new_plan=plans["new"])
+        row["plan"] = label
+        print(f"{label}: old {row['old_s']:.4f} s, new {row['new_s']:.4f} s "
+              f"({row['ratio']:.3f}), {row['verdict']}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def write(rows: list[dict[str, Any]], old: Path, new: Path, repeats: int, path: Path,
+          tuned: str = "") -> None:
     import platform
     import time
 
@@ -114,12 +166,15 @@ def write(rows: list[dict[str, Any]], old: Path, new: Path, repeats: int, path: 
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
                 .splitlines() if ln.startswith("model name")), platform.processor())
+    title = ("Plans tuned from scratch by the old and the new code" if tuned
+             else "Stored plans: old and new code side by side")
     lines = [
-        "# Stored plans: old and new code side by side",
+        f"# {title}",
         "",
         f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores; old = {rev(old)}, "
-        f"new = {rev(new)} (+ working tree); median of {repeats} interleaved calls per side, "
-        "each plan called as a user calls it (checks on); verdict by LAAB's rule, paired.",
+        f"new = {rev(new)} (+ working tree); {tuned}median of {repeats} interleaved calls per "
+        "side, each plan called as a user calls it (checks on) under the code that tuned it; "
+        "verdict by LAAB's rule, paired.",
         "",
         "| plan | old (s) | new (s) | new / old | verdict | kernels changed |",
         "|---|---:|---:|---:|---|---|",
@@ -140,8 +195,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--new", type=Path, default=ROOT, help="the new checkout (default: here)")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "VERSIONS.md")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="markdown table (default: results/VERSIONS.md, with --tune "
+                         "results/VERSIONS-TUNED.md)")
+    ap.add_argument("--tune", nargs="+", metavar="PROBLEM:N",
+                    help="tune these problems from scratch in both checkouts, then time them")
+    ap.add_argument("--trials", type=int, default=16, help="--trials of each tuning run")
+    ap.add_argument("--timeout", type=float, default=240.0, help="--timeout of each tuning run")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/autotune-versions"),
+                    help="folder for the tuned plans and studies (old/, new/)")
     a = ap.parse_args(argv)
+    if a.tune:
+        out = a.out or ROOT / "results" / "VERSIONS-TUNED.md"
+        rows = tuned_rows(a)
+        write(rows, a.old.resolve(), a.new.resolve(), a.repeats, out,
+              tuned=f"each tuned with --trials {a.trials} --timeout {a.timeout:g}; ")
+        print(f"wrote {out}")
+        return
+    a.out = a.out or ROOT / "results" / "VERSIONS.md"
     plans = a.plans or sorted(glob.glob(str(ROOT / "results" / "plan-*.json")))
     rows = []
     for plan in plans:
