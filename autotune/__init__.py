@@ -12,7 +12,7 @@ from .targets import configure_environment as _configure_environment
 _configure_environment()
 
 from .api import InputError, PlanWarning, TunedFunction, find_plan, load_plan
-from .derive import derive
+from .derivation import derive
 from .errors import (
     AutotuneError,
     CompileError,

@@ -221,7 +221,7 @@ class TunedFunction:
 
     def __init__(self, plan: Plan, check_finite: bool = True,
                  check_properties: bool | str = True, heap: str | None = None):
-        from .derive import derive
+        from .derivation import derive
         from .lower import lower
         from .memory import check_heap_policy, set_heap_policy
         from .targets import (

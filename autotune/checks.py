@@ -50,6 +50,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
+from .kernels.registry import KERNELS
+
 __all__ = [
     "PARALLEL_MIN",
     "Symmetry",
@@ -605,55 +607,21 @@ def warm(dtype: str | np.dtype, kinds: Iterable[str] = ("finite", "symmetric", "
 
 
 # -- which inputs an output cannot vouch for --------------------------------------------------
-
-#: For each op, the argument positions through which a NaN or an infinity anywhere in the
-#: argument reaches the result (a product row or column, a sum's element, a solve's
-#: right-hand side). Not listed: a matrix that is factorized, inverted or solved with (a
-#: pivot of infinity turns into 0), and the ``c`` of ``syrk``/``symprod`` (one triangle
-#: read). Unknown ops pass nothing.
-_PROPAGATING: dict[str, tuple[int, ...] | None] = {
-    "matmul": None,  # None: every argument
-    "add": None,
-    "sub": None,
-    "neg": None,
-    "block": None,
-    "transpose": None,
-    "scale": (0,),  # the scalars are checked exactly
-    "syrk": (0,),
-    "symprod": (0, 1),
-    # a structured product reads the declared structure of its matrix (the diagonal, one
-    # triangle) and passes a NaN there on; the declared zeros it does not read are the
-    # property checks' (a NaN is not zero)
-    "diag_mul": None,
-    "trmm": None,
-    "trsolve": (1,),
-    "cho_solve": (1,),
-    "solve": (1,),
-    "diag_solve": (1,),
-    "band_mul": None,  # as diag_mul: the band is read, the zeros outside it are checked
-    # the band read of every operand and the right-hand side: a non-finite band or scalar
-    # gives NaN (see band_solve_ops), the zeros outside the band are the property checks'
-    "band_solve": None,
-}
-
-
-#: For each op, the argument positions of which it reads only the lower triangle (the
-#: factorizations, and the ``c`` of the symmetric kernels): a NaN in the other triangle of
-#: what it reads changes nothing it computes.
-_LOWER_READ: dict[str, tuple[int, ...]] = {
-    "cholesky": (0,),
-    "spd_inv": (0,),
-    "syrk": (1,),
-    "symprod": (2,),
-}
+#
+# What each op passes on is its kernel record's (``Kernel.passes_nan``, ``Kernel.lower_read``):
+# the argument positions through which a NaN or an infinity anywhere in the argument reaches
+# the result (a product row or column, a sum's element, a solve's right-hand side), and those
+# of which only the lower triangle is read. A matrix that is factorized, inverted or solved
+# with passes nothing (a pivot of infinity turns into 0), nor does an unknown op.
 
 
 def triangle_scans(program: Any, names: Iterable[str]) -> dict[str, bool]:
     """Of the inputs ``names`` (those :func:`unguarded_inputs` found), the ones the program
-    reads in one triangle only -- every use of the input, or of its transpose, is by an op of
-    :data:`_LOWER_READ` in that position -- mapped to whether that triangle is the input's
-    lower one. Their finiteness scan reads that triangle (half the elements); a NaN in the
-    other changes no output (and breaks the symmetry the property checks read)."""
+    reads in one triangle only -- every use of the input, or of its transpose, is by an op
+    that reads only the lower triangle in that position (``Kernel.lower_read``) -- mapped
+    to whether that triangle is the input's lower one. Their finiteness scan reads that
+    triangle (half the elements); a NaN in the other changes no output (and breaks the
+    symmetry the property checks read)."""
     steps = program.steps
     live = program.live_steps()
     consumers: dict[int, list[tuple[int, int]]] = {}
@@ -674,7 +642,7 @@ def triangle_scans(program: Any, names: Iterable[str]) -> dict[str, bool]:
                 op = steps[c].op
                 if op == "transpose":
                     todo.append((c, not lower))
-                elif pos in _LOWER_READ.get(op, ()):
+                elif op in KERNELS and pos in KERNELS[op].lower_read:
                     sides.add(lower)
                 else:
                     ok = False
@@ -685,12 +653,9 @@ def triangle_scans(program: Any, names: Iterable[str]) -> dict[str, bool]:
 
 
 def _propagating(step: Any) -> tuple[int, ...] | None:
-    """The argument positions of ``step`` that pass a NaN or an infinity on
-    (:data:`_PROPAGATING`); a scaling by a negative power of a diagonal divides by it (an
-    infinity there becomes 0), as a solve does: only its other operand."""
-    if step.op == "diag_mul" and float(step.attr("power", 1.0)) < 0:
-        return (1,)
-    return _PROPAGATING.get(step.op, ())
+    """The argument positions of ``step`` that pass a NaN or an infinity on (its kernel's
+    ``nan_positions``; an unknown op passes nothing)."""
+    return KERNELS[step.op].nan_positions(step) if step.op in KERNELS else ()
 
 
 def _covers(rects: list[tuple[int, int, int, int]], rows: int, cols: int) -> bool:
@@ -706,29 +671,17 @@ def _covers(rects: list[tuple[int, int, int, int]], rows: int, cols: int) -> boo
     return True
 
 
-def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
-    """Inputs of ``program`` (a :class:`~autotune.program.Program`) some element of which may
-    be NaN or infinite while every output is finite: the elements the program reads that reach
-    no output through the operations of :data:`_PROPAGATING` (the part of a symmetric input
-    only one triangle of which is read, a matrix only factorized or inverted), and an input
-    the program does not read at all. The part of an input that a partial access leaves
-    unread (``(A + B)[2, 2]`` reads one entry of each: slices marked ``partial``) changes no
-    output, as the formula says: it is not checked. Blocks (unmarked slices) are parts of an
-    input the formula reads whole. The call checks these inputs itself (their properties' checks
-    may already do so).
+_View = tuple[str, int, int, int, int, bool]
 
-    The analysis is at the level of blocks: a slice of an input is a region of it; a slice
-    of a computed value passes nothing (conservative)."""
-    env = program.concrete_sizes(dims)
+
+def _input_views(program: Any, live: list[int], env: Mapping[str, int]
+                 ) -> tuple[dict[int, _View], set[int]]:
+    """The steps that are views of an input: step -> (input name, rows, cols, transposed) in
+    the input's coordinates; and the views through a partial access (a slice marked
+    ``partial``)."""
     steps = program.steps
-    live = program.live_steps()
-    consumers: dict[int, list[tuple[int, int]]] = {}
-    for i in live:
-        for pos, j in enumerate(steps[i].args):
-            consumers.setdefault(j, []).append((i, pos))
     by_step = {idx: name for name, idx in program.inputs.items()}
-    # views: step -> (input name, rows, cols, transposed) in the input's coordinates
-    views: dict[int, tuple[str, int, int, int, int, bool]] = {}
+    views: dict[int, _View] = {}
     partial: set[int] = set()  # views through a partial access (a slice marked ``partial``)
     for i in live:
         s = steps[i]
@@ -752,7 +705,14 @@ def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
                 views[i] = (name, r0 + b0, r0 + b1, c0 + a0, c0 + a1, t)
             else:
                 views[i] = (name, r0 + a0, r0 + a1, c0 + b0, c0 + b1, t)
-    outputs = set(program.outputs.values())
+    return views, partial
+
+
+def _reaches_output(program: Any, live: list[int], consumers: Mapping[int, list[tuple[int, int]]],
+                    outputs: set[int]) -> dict[int, bool]:
+    """Step -> whether a non-finite element of it reaches an output through kernels that
+    pass one on (a slice's region is counted by the views, else conservative)."""
+    steps = program.steps
     reach: dict[int, bool] = {}
     for i in reversed(live):
         ok = i in outputs
@@ -766,6 +726,33 @@ def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
             if (allowed is None or pos in allowed or last in allowed) and reach.get(c, False):
                 ok = True
         reach[i] = ok
+    return reach
+
+
+def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
+    """Inputs of ``program`` (a :class:`~autotune.program.Program`) some element of which may
+    be NaN or infinite while every output is finite: the elements the program reads that reach
+    no output through kernels that pass one on (``Kernel.passes_nan``: not the part of a
+    symmetric input only one triangle of which is read, nor a matrix only factorized or
+    inverted), and an input
+    the program does not read at all. The part of an input that a partial access leaves
+    unread (``(A + B)[2, 2]`` reads one entry of each: slices marked ``partial``) changes no
+    output, as the formula says: it is not checked. Blocks (unmarked slices) are parts of an
+    input the formula reads whole. The call checks these inputs itself (their properties' checks
+    may already do so).
+
+    The analysis is at the level of blocks: a slice of an input is a region of it; a slice
+    of a computed value passes nothing (conservative)."""
+    env = program.concrete_sizes(dims)
+    steps = program.steps
+    live = program.live_steps()
+    consumers: dict[int, list[tuple[int, int]]] = {}
+    for i in live:
+        for pos, j in enumerate(steps[i].args):
+            consumers.setdefault(j, []).append((i, pos))
+    views, partial = _input_views(program, live, env)
+    outputs = set(program.outputs.values())
+    reach = _reaches_output(program, live, consumers, outputs)
     regions: dict[str, list[tuple[int, int, int, int]]] = {}
     read: dict[str, list[tuple[int, int, int, int]] | None] = {}
     for i, (name, r0, r1, c0, c1, _) in views.items():

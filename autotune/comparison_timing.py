@@ -52,7 +52,7 @@ def _min_flops(problem: Problem, dims: dict[str, int]) -> float | None:
     """The fewest FLOPs any candidate needs (the flop-optimal point): the limit counts these,
     not the plan's own; None when it cannot be derived (the plan's FLOPs then stand in)."""
     try:
-        from .derive import derive
+        from .derivation import derive
         from .space import named_point
 
         return derive(problem, named_point(problem, "flop-optimal", dims), dims).flops(dims)

@@ -31,7 +31,7 @@ def compile_knobs(problem: Problem, knobs: Mapping[str, Any], dims: Mapping[str,
     (e.g. ``numba-t2``); returns the compiled function (``fn(*inputs) -> outputs``; numba
     compiles on the first call). ``rewrites="pytensor"`` lets PyTensor's own rewrites
     re-decide the kernels (:func:`autotune.targets.compile_function`)."""
-    from .derive import derive
+    from .derivation import derive
     from .lower import lower
     from .targets import compile_function
 
@@ -167,7 +167,7 @@ def _plan_variant(problem: Problem, dims: dict[str, int], case: Case, out: Path,
     """The tuned plan (stored, tuned now, or the flop-optimal point without either); sets
     the case's plan, target and FLOPs."""
     from .api import load_plan
-    from .derive import derive
+    from .derivation import derive
     from .space import named_point
 
     res = case.variants["plan"]

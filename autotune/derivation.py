@@ -10,13 +10,15 @@ What the builder does, in the order a formula meets it:
 * chains: every matrix product is a chain of factors whose parenthesization is chosen by the
   ``order`` knob: the FLOP-optimal one (dynamic programming, aware of what is already
   computed), left-to-right, right-to-left, or the r-th cheapest of all;
-* inverses never become explicit (except with the ``inverse`` kernel): ``inv(S)*X`` is a solve
-  from the left, ``X*inv(S)`` one from the right, with the kernel the properties allow
-  (Cholesky, triangular, diagonal, symmetric, LU); one factorization per matrix is shared by
-  every solve against it;
-* ``cholesky_split`` writes ``inv(S) = inv(L).T * inv(L)`` so that ``B.T*inv(S)*B`` becomes
-  ``W.T*W`` with ``W = inv(L)*B``: a triangular solve and a symmetric rank-k update, and
-  ``W`` is shared by every output that needs it (the Kalman filter's two outputs);
+* inverses never become explicit (except with an explicit solver): ``inv(S)*X`` is a solve
+  from the left, ``X*inv(S)`` one from the right, with the solver the ``solver.*`` knob picks
+  among those the properties allow; the solvers are records of the kernel registry
+  (:data:`autotune.kernels.registry.SOLVERS`: how each is offered, costed and emitted), so
+  the builder names none. One factorization per matrix is shared by every solve against it;
+* a solver may rewrite its chain factor before the chain is ordered: ``cholesky_split``
+  writes ``inv(S) = inv(L).T * inv(L)`` so that ``B.T*inv(S)*B`` becomes ``W.T*W`` with
+  ``W = inv(L)*B``: a triangular solve and a symmetric rank-k update, and ``W`` is shared by
+  every output that needs it (the Kalman filter's two outputs);
 * a product with a structured factor calls the kernel its structure allows (from the
   kernel registry's costs): a diagonal factor is a scaling (``diag_mul``), a narrow banded
   one (tridiagonal, bidiagonal, a declared ``bandwidth``) a product diagonal by diagonal
@@ -62,8 +64,8 @@ from .blocking import Blocked, block_problem, inverse_labels
 from .errors import DerivationError, KnobError
 from .formula import MAX_FACTORS, eval_dim
 from .fusion import fuse
-from .kernels.registry import KERNELS, Operand, structured_product
-from .knobs import BANDED_SOLVER, narrow_band, normalize_knobs, solver_choices
+from .kernels.registry import KERNELS, SOLVERS, Operand, solver_choices, structured_product
+from .knobs import normalize_knobs
 from .program import Program, Step
 from .properties import (
     DIAGONAL,
@@ -71,7 +73,6 @@ from .properties import (
     LOWER,
     PD,
     SYMMETRIC,
-    UPPER,
     FactBase,
     canonical,
     split_coeff,
@@ -196,25 +197,6 @@ def _rewritten_outputs(problem: Problem, knobs: Mapping[str, Any], fb: FactBase
     return chosen
 
 
-#: Solver (the ``solver.*`` knob) -> the registry kernels a solve with it calls per
-#: right-hand side, with their attributes (what :meth:`_Builder.solve` emits)
-SOLVE_STEPS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
-    "triangular": (("trsolve", {}),),
-    "diagonal": (("diag_solve", {}),),
-    "cholesky": (("cho_solve", {}),),
-    "cholesky_split": (("trsolve", {}), ("trsolve", {"trans": True})),
-    "solve_pos": (("solve", {"assume_a": "pos"}),),
-    "sym": (("solve", {"assume_a": "sym"}),),
-    "lu": (("solve", {"assume_a": "gen"}),),
-    "transpose": (("matmul", {}),),
-    BANDED_SOLVER: (("band_solve", {}),),  # its band and terms: _Builder.band_attrs
-}
-
-
-#: kernels that form the inverse explicitly (an ``inv``/``spd_inv`` step), not a solve
-EXPLICIT = ("inverse", "cholesky_inverse")
-
-
 @dataclass
 class _Tree:
     i: int
@@ -222,6 +204,78 @@ class _Tree:
     split: int | None = None
     left: _Tree | None = None
     right: _Tree | None = None
+
+
+class _ChainModel:
+    """What the chain DP asks of a product of ``leaves``: the cost of combining sub-chains
+    ``i..s`` and ``s+1..j`` (a solve for an inverse factor, a structured kernel, the symmetric
+    product, else GEMM), which sub-chains are already computed (CSE), which are symmetric, and
+    which mirror each other (``X.T X``, sandwiches)."""
+
+    def __init__(self, builder: _Builder, leaves: list[sp.Basic]) -> None:
+        self.b, self.leaves = builder, leaves
+        self.rows = [builder.size(m.shape[0]) for m in leaves]
+        self.cols = [builder.size(m.shape[1]) for m in leaves]
+        self.virtual = [builder.is_virtual(m) for m in leaves]
+        self.structured = [builder.structure(m) for m in leaves]
+        self._sym: dict[tuple[int, int], bool] = {}
+        self._tr: dict[tuple[int, int, int, int], bool] = {}
+
+    def expr(self, i: int, j: int) -> sp.Basic:
+        return self.leaves[i] if i == j else MatMul(*self.leaves[i : j + 1])
+
+    def available(self, i: int, j: int) -> bool:
+        if not self.b.cse or i == j:
+            return False
+        return self.b.lookup(self.expr(i, j)) is not None
+
+    def symmetric(self, i: int, j: int) -> bool:
+        """The product of leaves i..j is known symmetric (the symmetric-product kernel
+        computes one triangle of it)."""
+        if (i, j) not in self._sym:
+            self._sym[(i, j)] = (bool(self.b.knobs.get("symprod"))
+                                 and self.rows[i] == self.cols[j]
+                                 and self.b.structurally_symmetric(self.expr(i, j)))
+        return self._sym[(i, j)]
+
+    def combine_cost(self, i: int, s: int, j: int) -> float:
+        rows, cols, leaves = self.rows, self.cols, self.leaves
+        lv = i == s and self.virtual[i]
+        rv = s + 1 == j and self.virtual[j]
+        if lv and rv:
+            return self.b.solve_cost(leaves[j].arg, cols[j]) + self.b.solve_cost(
+                leaves[i].arg, cols[j]
+            )
+        if lv:
+            return self.b.solve_cost(leaves[i].arg, cols[j])
+        if rv:
+            return self.b.solve_cost(leaves[j].arg, rows[i])
+        shapes = ((rows[i], cols[s]), (cols[s], cols[j]))
+        if i == s and self.structured[i] is not None:
+            return _structured_cost(self.structured[i], shapes, "left")
+        if s + 1 == j and self.structured[j] is not None:
+            return _structured_cost(self.structured[j], shapes, "right")
+        if self.symmetric(i, j):
+            return float(rows[i] * (rows[i] + 1) * cols[s])
+        return 2.0 * rows[i] * cols[s] * cols[j]
+
+    def mirrored(self, i: int, s: int, j: int) -> bool:
+        """The left operand is the transpose of the right one (X.T * X)."""
+        if s - i != j - s - 1:
+            return False
+        return self.b.key(Transpose(self.expr(i, s))) == self.b.key(self.expr(s + 1, j))
+
+    def transposes(self, i: int, t: int, k: int, m: int) -> bool:
+        """The sub-chain ``i..t`` is the transpose of ``k..m`` (by canonical form)."""
+        if (i, t, k, m) not in self._tr:
+            self._tr[(i, t, k, m)] = (
+                self.rows[i] == self.cols[m] and self.cols[t] == self.rows[k]
+                and self.b.key(Transpose(self.expr(i, t))) == self.b.key(self.expr(k, m)))
+        return self._tr[(i, t, k, m)]
+
+    def pair_cost(self, i: int, s: int, j: int) -> float:
+        k = self.rows[s + 1]
+        return (1.0 if self.b.knobs["syrk"] else 2.0) * self.cols[j] * self.cols[j] * k
 
 
 class _Builder:
@@ -575,7 +629,7 @@ class _Builder:
     # -- kernels for inverses ------------------------------------------------------------------
     def kernel(self, x: sp.Basic) -> str:
         facts = self.fb.facts(x)
-        valid = solver_choices(facts, self.banded(x))
+        valid = solver_choices(facts, self.fb.bandwidth(x), self.fb.size(x.shape[0]) or 0)
         label = self.labels.get(self.key(x))
         if label is None and isinstance(x, Transpose):
             label = self.labels.get(self.key(x.arg))
@@ -637,13 +691,9 @@ class _Builder:
             if isinstance(m, Identity):
                 continue
             if isinstance(m, Inverse):
-                k = self.kernel(m.arg)
-                if k == "cholesky_split":
-                    lsym = self.cholesky_symbol(m.arg)
-                    out += [Inverse(Transpose(lsym)), Inverse(lsym)]
-                    continue
-                if k == "transpose":
-                    out.append(Transpose(m.arg))
+                rewrite = SOLVERS[self.kernel(m.arg)].factors
+                if rewrite is not None:  # the solver's own factors (inv(L.T) inv(L), Q.T)
+                    out += rewrite(self, m.arg)
                     continue
             out.append(m)
         return out or [Identity(mats[0].shape[0])]
@@ -666,7 +716,7 @@ class _Builder:
 
     def is_virtual(self, leaf: sp.Basic) -> bool:
         """An inverse applied as a solve (not formed explicitly)."""
-        return isinstance(leaf, Inverse) and self.kernel(leaf.arg) not in EXPLICIT
+        return isinstance(leaf, Inverse) and not SOLVERS[self.kernel(leaf.arg)].explicit
 
     def solve_cost(self, x: sp.Basic, nrhs: int) -> float:
         """FLOPs of ``inv(x) * B`` for ``nrhs`` columns of B with the kernel chosen for ``x``:
@@ -674,122 +724,14 @@ class _Builder:
         every solve against the matrix, so it is not counted here)."""
         a = self.size(x.shape[0])
         shapes, shape = ((a, a), (a, nrhs)), (a, nrhs)
-        k = self.kernel(x)
-        extra = self.band_attrs(x) if k == BANDED_SOLVER else {}
+        solver = SOLVERS[self.kernel(x)]
+        extra = solver.cost_attrs(self, x) if solver.cost_attrs is not None else {}
         return sum(KERNELS[op].cost(shapes, shape, {**attrs, **extra})
-                   for op, attrs in SOLVE_STEPS[k])
+                   for op, attrs in solver.steps)
 
     def solve(self, x: sp.Basic, rhs: int, label: str) -> int:
-        """``inv(x) * rhs`` with the kernel chosen for ``x``."""
-        k = self.kernel(x)
-        shape = self.shape_of(rhs)
-        if k == "triangular":
-            facts = self.fb.facts(x)
-            if isinstance(x, Transpose):
-                base = self.emit(x.arg)
-                lower = LOWER in self.fb.facts(x.arg)
-                return self.add("trsolve", (base, rhs), shape, label, lower=lower, trans=True)
-            return self.add("trsolve", (self.emit(x), rhs), shape, label,
-                            lower=LOWER in facts and UPPER not in facts or DIAGONAL in facts,
-                            trans=False)
-        if k == "diagonal":
-            return self.add("diag_solve", (self.emit(x), rhs), shape, label)
-        if k == BANDED_SOLVER:
-            return self.band_solve(x, rhs, label)
-        if k == "cholesky":
-            base = x.arg if isinstance(x, Transpose) else x
-            return self.add("cho_solve", (self.factor(base), rhs), shape, label)
-        if k == "cholesky_split":
-            lsym = self.cholesky_symbol(x.arg if isinstance(x, Transpose) else x)
-            w = self.solve(Inverse(lsym).arg, rhs, label)
-            return self.solve(Transpose(lsym), w, label)
-        if k in EXPLICIT:
-            inv = self.emit(Inverse(x))
-            return self.add("matmul", (inv, rhs), shape, label)
-        if k == "transpose":
-            return self.add("matmul", (self.emit(Transpose(x)), rhs), shape, label)
-        assume = {"solve_pos": "pos", "sym": "sym"}.get(k, "gen")
-        return self.add("solve", (self.emit(x), rhs), shape, label, assume_a=assume)
-
-    # -- banded solves -------------------------------------------------------------------------
-    def banded(self, x: sp.Basic) -> bool:
-        """``x`` has a narrow band (a banded solve applies)."""
-        n = self.fb.size(x.shape[0])
-        return n is not None and narrow_band(self.fb.bandwidth(x), n)
-
-    def band_terms(self, x: sp.Basic) -> list[tuple[sp.Basic, list[tuple[sp.Basic, bool]]]]:
-        """``x`` as a sum of terms ``coeff * F1 * F2 ...``, each factor ``(matrix, trans)``: an
-        input (``trans``: read transposed) or any other banded sub-expression (computed as it
-        is, its band read); identity factors dropped (no factors: the identity). A factor
-        without a known band makes ``x`` one dense factor."""
-        if isinstance(x, Transpose):
-            x = x.doit()
-        out = []
-        for term in (x.args if isinstance(x, MatAdd) else (x,)):
-            coeff, mats = split_coeff(term)
-            factors: list[tuple[sp.Basic, bool]] = []
-            for m in mats:
-                if isinstance(m, Identity):
-                    continue
-                if self.fb.bandwidth(m) is None:
-                    return [(sp.Integer(1), [(x, False)])]
-                if isinstance(m, Transpose) and isinstance(m.arg, MatrixSymbol):
-                    factors.append((m.arg, True))
-                else:
-                    factors.append((m, False))
-            out.append((coeff, factors))
-        return out
-
-    def _factor_band(self, m: sp.Basic, trans: bool) -> tuple[int, int]:
-        band = self.fb.bandwidth(Transpose(m) if trans else m)
-        if band is None:  # the band spans the matrix (a dense fallback factor)
-            return self.size(m.shape[1 if trans else 0]) - 1, self.size(
-                m.shape[0 if trans else 1]) - 1
-        return band
-
-    def band_attrs(self, x: sp.Basic) -> dict[str, Any]:
-        """The ``band_solve`` attributes of ``x`` for the cost model (operand indices are
-        placeholders: only the bands count)."""
-        band = self.fb.bandwidth(x)
-        assert band is not None
-        terms = tuple(
-            (1.0, (), tuple((0, t, *self._factor_band(m, t)) for m, t in factors))
-            for _, factors in self.band_terms(x))
-        return {"lower": band[0], "upper": band[1], "spd": self.band_spd(x, band),
-                "terms": terms}
-
-    def band_spd(self, x: sp.Basic, band: tuple[int, int]) -> bool:
-        facts = self.fb.facts(x)
-        return PD in facts and SYMMETRIC in facts and band[0] == band[1]
-
-    def band_solve(self, x: sp.Basic, rhs: int, label: str) -> int:
-        """``inv(x) * rhs`` for a narrow-banded ``x``: one ``band_solve`` step reading the
-        bands of ``x``'s factors (never ``x`` formed densely when its factors are inputs)."""
-        band = self.fb.bandwidth(x)
-        assert band is not None
-        operands: list[int] = []
-
-        def arg(step: int) -> int:
-            if step not in operands:
-                operands.append(step)
-            return operands.index(step)
-
-        terms = []
-        for coeff, factors in self.band_terms(x):
-            number = sp.Integer(1)
-            scalars: list[int] = []
-            for c in sp.Mul.make_args(coeff):
-                if c.is_number:
-                    number *= c
-                elif isinstance(c, sp.Symbol) and c in self.bound:
-                    scalars.append(arg(self.bound[c]))
-                else:  # (k - 1), 1/lam: computed once, as a scalar step
-                    scalars.append(arg(self.scalar(c, x)))
-            fs = tuple((arg(self.emit(m)), t, *self._factor_band(m, t)) for m, t in factors)
-            terms.append((float(number), tuple(scalars), fs))
-        shape = self.shape_of(rhs)
-        return self.add("band_solve", (*operands, rhs), shape, label, terms=tuple(terms),
-                        lower=band[0], upper=band[1], spd=self.band_spd(x, band))
+        """``inv(x) * rhs`` with the solver chosen for ``x`` (its registry record emits it)."""
+        return SOLVERS[self.kernel(x)].emit(self, x, rhs, label)
 
     # -- products with a structured operand ---------------------------------------------------
     def structure(self, leaf: sp.Basic) -> _Structure | None:
@@ -837,11 +779,25 @@ class _Builder:
 
     # -- chains --------------------------------------------------------------------------------
     def chain(self, leaves: list[sp.Basic], label: str) -> int:
+        """A product of ``leaves`` in the order the ``order`` knob picks among the DP's
+        parenthesizations (costs, shared sub-chains and sandwiches from :class:`_ChainModel`)."""
         n = len(leaves)
         if n > MAX_CHAIN:
             raise DerivationError(
                 f"{label}: a chain of {n} factors, over the limit of {MAX_CHAIN}"
             )
+        short = self.short_chain(leaves, label)
+        if short is not None:
+            return short
+        model = _ChainModel(self, leaves)
+        tree = _ordered(self.knobs["order"], n, model.combine_cost, model.available,
+                        (model.mirrored, model.pair_cost, model.transposes)
+                        if self.cse else None)
+        return self.emit_tree(tree, leaves, model.virtual, label)
+
+    def short_chain(self, leaves: list[sp.Basic], label: str) -> int | None:
+        """A chain with a zero factor (zeros) or of one factor (the factor, an inverse's solve
+        or explicit-inverse kernel); None for a chain the DP orders."""
         for leaf in leaves:
             if isinstance(leaf, ZeroMatrix) or (
                 isinstance(leaf, Inverse) and isinstance(leaf.arg, ZeroMatrix)
@@ -851,84 +807,17 @@ class _Builder:
                     raise DerivationError(f"{label}: the inverse of a zero block is singular")
                 shape = (leaves[0].shape[0], leaves[-1].shape[1])
                 return self.add("zeros", (), shape, "0")
-        if n == 1:
-            leaf = leaves[0]
-            if self.is_virtual(leaf):
-                x = leaf.arg
-                eye = self.add("eye", (), x.shape, "I")
-                return self.solve(x, eye, label)
-            if isinstance(leaf, Inverse):  # an explicit-inverse kernel
-                op = "spd_inv" if self.kernel(leaf.arg) == "cholesky_inverse" else "inv"
-                return self.add(op, (self.emit(leaf.arg),), leaf.shape, _label(leaf))
-            return self.emit(leaf)
-        rows = [self.size(m.shape[0]) for m in leaves]
-        cols = [self.size(m.shape[1]) for m in leaves]
-        virtual = [self.is_virtual(m) for m in leaves]
-        keys: dict[tuple[int, int], sp.Basic] = {}
-
-        def expr(i: int, j: int) -> sp.Basic:
-            return leaves[i] if i == j else MatMul(*leaves[i : j + 1])
-
-        def available(i: int, j: int) -> bool:
-            if not self.cse or i == j:
-                return False
-            return self.lookup(expr(i, j)) is not None
-
-        sym: dict[tuple[int, int], bool] = {}
-
-        def symmetric(i: int, j: int) -> bool:
-            """The product of leaves i..j is known symmetric (the symmetric-product kernel
-            computes one triangle of it)."""
-            if (i, j) not in sym:
-                sym[(i, j)] = (bool(self.knobs.get("symprod")) and rows[i] == cols[j]
-                               and self.structurally_symmetric(expr(i, j)))
-            return sym[(i, j)]
-
-        structured = [self.structure(m) for m in leaves]
-
-        def combine_cost(i: int, s: int, j: int) -> float:
-            lv = i == s and virtual[i]
-            rv = s + 1 == j and virtual[j]
-            if lv and rv:
-                return self.solve_cost(leaves[j].arg, cols[j]) + self.solve_cost(
-                    leaves[i].arg, cols[j]
-                )
-            if lv:
-                return self.solve_cost(leaves[i].arg, cols[j])
-            if rv:
-                return self.solve_cost(leaves[j].arg, rows[i])
-            shapes = ((rows[i], cols[s]), (cols[s], cols[j]))
-            if i == s and structured[i] is not None:
-                return _structured_cost(structured[i], shapes, "left")
-            if s + 1 == j and structured[j] is not None:
-                return _structured_cost(structured[j], shapes, "right")
-            if symmetric(i, j):
-                return float(rows[i] * (rows[i] + 1) * cols[s])
-            return 2.0 * rows[i] * cols[s] * cols[j]
-
-        def mirrored(i: int, s: int, j: int) -> bool:
-            """The left operand is the transpose of the right one (X.T * X)."""
-            if s - i != j - s - 1:
-                return False
-            return self.key(Transpose(expr(i, s))) == self.key(expr(s + 1, j))
-
-        tr: dict[tuple[int, int, int, int], bool] = {}
-
-        def transposes(i: int, t: int, k: int, m: int) -> bool:
-            """The sub-chain ``i..t`` is the transpose of ``k..m`` (by canonical form)."""
-            if (i, t, k, m) not in tr:
-                tr[(i, t, k, m)] = (rows[i] == cols[m] and cols[t] == rows[k]
-                                    and self.key(Transpose(expr(i, t))) == self.key(expr(k, m)))
-            return tr[(i, t, k, m)]
-
-        def pair_cost(i: int, s: int, j: int) -> float:
-            k = rows[s + 1]
-            return (1.0 if self.knobs["syrk"] else 2.0) * cols[j] * cols[j] * k
-
-        del keys
-        tree = _ordered(self.knobs["order"], n, combine_cost, available,
-                        (mirrored, pair_cost, transposes) if self.cse else None)
-        return self.emit_tree(tree, leaves, virtual, label)
+        if len(leaves) != 1:
+            return None
+        leaf = leaves[0]
+        if self.is_virtual(leaf):
+            x = leaf.arg
+            eye = self.add("eye", (), x.shape, "I")
+            return self.solve(x, eye, label)
+        if isinstance(leaf, Inverse):  # an explicit-inverse kernel
+            op = SOLVERS[self.kernel(leaf.arg)].inverse_op or "inv"
+            return self.add(op, (self.emit(leaf.arg),), leaf.shape, _label(leaf))
+        return self.emit(leaf)
 
     def mirror_node(self, t: _Tree, leaves: list[sp.Basic]) -> bool:
         """The left half of node ``t`` is the transpose of its right half (``X.T X``)."""

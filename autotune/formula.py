@@ -547,97 +547,104 @@ def formula_names(text: str, where: str = "formula") -> list[str]:
 # -- dimension formulas ------------------------------------------------------------------
 
 
-def parse_dim_formula(text: str, where: str) -> Callable[[Mapping[str, int]], int]:
-    """Compile an integer dimension formula such as ``"n // 2"`` into a function of the dims.
+_DimNode = Callable[[Mapping[str, int]], Fraction]
 
-    ``/`` must divide exactly, ``//`` floors. The result must be a positive integer.
-    """
-    toks = tokenize(text, where)
-    i = 0
 
-    def peek() -> Token:
-        return toks[i]
+class _DimParser:
+    """Recursive descent over a dimension formula's tokens into a closure of the dims:
+    ``expr := term (('+'|'-') term)*``, ``term := atom (('*'|'/'|'//') atom)*``,
+    ``atom := integer | name | '(' expr ')' | '-' atom``."""
 
-    def take() -> Token:
-        nonlocal i
-        i += 1
-        return toks[i - 1]
+    def __init__(self, text: str, where: str) -> None:
+        self.text, self.where = text, where
+        self.toks = tokenize(text, where)
+        self.i = 0
 
-    Node = Callable[[Mapping[str, int]], Fraction]
+    def peek(self) -> Token:
+        return self.toks[self.i]
 
-    def expr() -> Node:
-        node = term()
-        while peek().text in ("+", "-"):
-            op = take().text
-            rhs = term()
+    def take(self) -> Token:
+        self.i += 1
+        return self.toks[self.i - 1]
+
+    def error(self, pos: int, message: str) -> SpecError:
+        return _error(self.where, self.text, pos, message)
+
+    def expr(self) -> _DimNode:
+        node = self.term()
+        while self.peek().text in ("+", "-"):
+            op = self.take().text
+            rhs = self.term()
             node = (lambda a, b: lambda d: a(d) + b(d))(node, rhs) if op == "+" else (
                 lambda a, b: lambda d: a(d) - b(d)
             )(node, rhs)
         return node
 
-    def term() -> Node:
-        node = atom()
-        while peek().text in ("*", "/", "//"):
-            tok = take()
-            rhs = atom()
-            node = _binop(tok, node, rhs)
+    def term(self) -> _DimNode:
+        node = self.atom()
+        while self.peek().text in ("*", "/", "//"):
+            tok = self.take()
+            node = self.binop(tok, node, self.atom())
         return node
 
-    def _binop(tok: Token, a: Node, b: Node) -> Node:
+    def binop(self, tok: Token, a: _DimNode, b: _DimNode) -> _DimNode:
         def f(d: Mapping[str, int]) -> Fraction:
             x, y = a(d), b(d)
             if tok.text == "*":
                 return x * y
             if y == 0:
-                raise _error(where, text, tok.pos, "division by zero")
+                raise self.error(tok.pos, "division by zero")
             if tok.text == "//":
                 return Fraction(x // y)
             if (x / y).denominator != 1:
-                raise _error(
-                    where,
-                    text,
-                    tok.pos,
-                    f"{x} / {y} is not an integer; use '//' to round down",
-                )
+                raise self.error(tok.pos, f"{x} / {y} is not an integer; use '//' to round down")
             return x / y
 
         return f
 
-    def atom() -> Node:
-        t = take()
+    def name(self, t: Token) -> _DimNode:
+        name = t.text
+
+        def look(d: Mapping[str, int]) -> Fraction:
+            if name not in d:
+                raise self.error(t.pos, f"unknown dimension {name!r}; {_suggest(name, list(d))}")
+            return Fraction(d[name])
+
+        return look
+
+    def atom(self) -> _DimNode:
+        t = self.take()
         if t.kind == "number" and re.fullmatch(r"\d+", t.text):
             if len(t.text) > 100:
-                raise _error(where, text, t.pos, "number too large for a dimension")
+                raise self.error(t.pos, "number too large for a dimension")
             v = Fraction(int(t.text))
             return lambda d: v
         if t.kind == "name":
-            name = t.text
-
-            def look(d: Mapping[str, int]) -> Fraction:
-                if name not in d:
-                    raise _error(
-                        where, text, t.pos, f"unknown dimension {name!r}; {_suggest(name, list(d))}"
-                    )
-                return Fraction(d[name])
-
-            return look
+            return self.name(t)
         if t.text == "(":
-            node = expr()
-            if take().text != ")":
-                raise _error(where, text, toks[i - 1].pos, "expected ')'")
+            node = self.expr()
+            if self.take().text != ")":
+                raise self.error(self.toks[self.i - 1].pos, "expected ')'")
             return node
         if t.text == "-":
-            inner = atom()
+            inner = self.atom()
             return lambda d: -inner(d)
         found = "end of formula" if t.kind == "end" else repr(t.text)
-        raise _error(where, text, t.pos, f"expected an integer, a dimension or '(', found {found}")
+        raise self.error(t.pos, f"expected an integer, a dimension or '(', found {found}")
 
+
+def parse_dim_formula(text: str, where: str) -> Callable[[Mapping[str, int]], int]:
+    """Compile an integer dimension formula such as ``"n // 2"`` into a function of the dims.
+
+    ``/`` must divide exactly, ``//`` floors. The result must be a positive integer.
+    """
+    parser = _DimParser(text, where)
     try:
-        root = expr()
+        root = parser.expr()
     except RecursionError:
         raise SpecError(f"{where}: {text!r} is nested too deeply") from None
-    if peek().kind != "end":
-        raise _error(where, text, peek().pos, f"unexpected {peek().text!r}")
+    if parser.peek().kind != "end":
+        raise parser.error(parser.peek().pos, f"unexpected {parser.peek().text!r}")
 
     def evaluate(dims: Mapping[str, int]) -> int:
         try:
@@ -648,7 +655,7 @@ def parse_dim_formula(text: str, where: str) -> Callable[[Mapping[str, int]], in
             raise SpecError(f"{where}: {text!r} gives {value}, not an integer")
         return int(value)
 
-    evaluate.names = [t.text for t in toks if t.kind == "name"]  # type: ignore[attr-defined]
+    evaluate.names = [t.text for t in parser.toks if t.kind == "name"]  # type: ignore[attr-defined]
     return evaluate
 
 

@@ -153,7 +153,7 @@ def plan_graph(plan_or_path: Any) -> PlanGraph:
     """The data-flow graph of a plan (a :class:`~autotune.plan.Plan`, a plan file or a
     :class:`~autotune.api.TunedFunction`): its program re-derived from the stored problem
     and knobs, at the plan's sizes."""
-    from .derive import derive
+    from .derivation import derive
     from .spec import parse_problem
 
     plan = _load(plan_or_path)

@@ -35,7 +35,8 @@ from sympy.matrices.expressions import MatrixSlice
 
 from .errors import KnobError, SpecError
 from .formula import nodes
-from .properties import DIAGONAL, LOWER, ORTHOGONAL, PD, SYMMETRIC, UPPER, FactBase
+from .kernels.registry import SOLVERS, solver_choices
+from .properties import FactBase
 from .rules import REWRITE_CHOICES, rewrites_apply
 
 __all__ = [
@@ -50,10 +51,7 @@ __all__ = [
     "structural_key",
     "TARGET_KNOBS",
     "BACKEND_NAMES",
-    "SOLVERS",
     "ALL_SOLVERS",
-    "BANDED_SOLVER",
-    "narrow_band",
 ]
 
 KNOB_FAMILIES = {
@@ -77,61 +75,31 @@ MAX_BLOCKS = 4
 ORDER_FIXED = ("optimal", "left", "right")
 MAX_ORDER_RANK = 13
 
-SOLVERS = {
-    PD: ["cholesky_split", "cholesky", "solve_pos", "cholesky_inverse", "lu", "inverse"],
-    SYMMETRIC: ["sym", "lu", "inverse"],
-    DIAGONAL: ["diagonal", "lu", "inverse"],
-    LOWER: ["triangular", "lu", "inverse"],
-    UPPER: ["triangular", "lu", "inverse"],
-    ORTHOGONAL: ["transpose", "lu", "inverse"],
-    "general": ["lu", "inverse"],
-}
-#: the solver of a matrix with a narrow band (:func:`narrow_band`): its band built from the
-#: formula's terms and factorized by LAPACK's banded Cholesky or LU (``band_solve``)
-BANDED_SOLVER = "banded"
-ALL_SOLVERS = sorted({s for v in SOLVERS.values() for s in v} | {BANDED_SOLVER})
+#: every solver's name (the values a ``solver.*`` knob may take, for a matrix that allows it):
+#: the records live in the kernel registry (:data:`autotune.kernels.registry.SOLVERS`)
+ALL_SOLVERS = sorted(SOLVERS)
 
 NAMED_POINTS = ("naive", "seed-2x2", "flop-optimal")
 
 
-def narrow_band(band: tuple[int, int] | None, n: int) -> bool:
-    """A band worth a banded solve for an ``n x n`` matrix: under a quarter of it wide."""
-    return band is not None and 4 * (band[0] + band[1] + 1) <= n
-
-
-def solver_choices(facts: frozenset[str], banded: bool = False) -> list[str]:
-    """Valid kernels for inverting a matrix with these properties, best first; ``banded``: the
-    matrix has a narrow band (:func:`narrow_band`), which a banded solve exploits (first,
-    except for a diagonal matrix, whose own solve is cheaper still)."""
-    for prop in (DIAGONAL, PD, LOWER, UPPER, ORTHOGONAL, SYMMETRIC):
-        if prop in facts:
-            found = list(SOLVERS[prop])
-            break
-    else:
-        found = list(SOLVERS["general"])
-    if banded and DIAGONAL not in facts:
-        found.insert(0, BANDED_SOLVER)
-    return found
-
-
 def inverted_matrices(problem, fb: FactBase | None = None) -> dict[str, frozenset[str]]:
     """Solver label -> facts of the inverted matrix."""
-    return {label: facts for label, (facts, _) in _inverted(problem, fb).items()}
+    return {label: facts for label, (facts, _, _) in _inverted(problem, fb).items()}
 
 
 def _inverted(problem, fb: FactBase | None = None
-              ) -> dict[str, tuple[frozenset[str], bool]]:
-    """Solver label -> (facts of the inverted matrix, whether its band is narrow)."""
+              ) -> dict[str, tuple[frozenset[str], tuple[int, int] | None, int]]:
+    """Solver label -> (facts, band, size) of the inverted matrix (size 0: unknown)."""
     from .inverses import _inverses, inverse_labels
     from .properties import canonical
 
     fb = fb or problem.facts()
     labels = inverse_labels(problem, fb)
-    out: dict[str, tuple[frozenset[str], bool]] = {}
+    out: dict[str, tuple[frozenset[str], tuple[int, int] | None, int]] = {}
     for name in problem.outputs:
         for x in _inverses(problem.expressions[name]):
             n = fb.size(x.shape[0]) or 0  # unknown here: no banded solve offered
-            out[labels[canonical(x, fb)]] = (fb.facts(x), narrow_band(fb.bandwidth(x), n))
+            out[labels[canonical(x, fb)]] = (fb.facts(x), fb.bandwidth(x), n)
     return out
 
 
@@ -150,8 +118,8 @@ def knob_space(problem, dims: Mapping[str, int] | None = None) -> dict[str, list
         space[f"cut.{d}"] = ["even", 0.25, 0.75]
     space["order"] = [*ORDER_FIXED, 1, 2, 3]
     space["cse"] = [True, False]
-    for label, (facts, banded) in _inverted(problem, fb).items():
-        space[f"solver.{label}"] = solver_choices(facts, banded)
+    for label, (facts, band, n) in _inverted(problem, fb).items():
+        space[f"solver.{label}"] = solver_choices(facts, band, n)
     space["syrk"] = [True, False]
     space["symprod"] = [True, False]
     space["mirror"] = [True, False]

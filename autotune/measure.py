@@ -141,7 +141,7 @@ def _instance(problem, dims: Mapping[str, int], seed: int, dtype: str):
 
 def _build(problem, job: Job, target):
     """(function, FLOPs, graph fingerprint) of the job's variant, compiled for ``target``."""
-    from .derive import derive
+    from .derivation import derive
     from .lower import lower
     from .pinned import graph_fingerprint
     from .targets import compile_function
@@ -360,7 +360,7 @@ def _handle(body: Any) -> Any:
     if kind == "gemm":
         return dgemm_rate(*args)
     if kind == "flops":
-        from .derive import derive
+        from .derivation import derive
 
         source, origin, knobs, dims = args
         return derive(_problem(source, origin), knobs, dims).flops(dims)

@@ -20,7 +20,7 @@ offers for that node (none when it does not apply). Rules come in two phases:
 
 Why this design: SymPy's strategies (``exhaust``, ``branch``) and an e-graph (egglog) were
 the candidates. An e-graph never loses an alternative to rule order but blows up under
-associativity, and the chain order is already a dynamic program in :mod:`autotune.derive`;
+associativity, and the chain order is already a dynamic program in :mod:`autotune.derivation`;
 the alternatives here are few per formula (a product of a sum, terms sharing a factor), so a
 bounded breadth-first enumeration of whole expressions, each costed by deriving it, finds
 the same optimum for the formulas we meet and keeps each rule a ~10-line pure function that

@@ -355,7 +355,7 @@ def _print_limit(c: Mapping[str, Any], console) -> None:
 def describe_plan(plan: Plan) -> None:
     from rich.console import Console
 
-    from .derive import derive
+    from .derivation import derive
     from .spec import parse_problem
 
     c = plan.content

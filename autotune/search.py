@@ -98,7 +98,7 @@ class Derivations:
 
     def flops(self, problem: Problem, knobs: Mapping[str, Any], dims: Mapping[str, int],
               timeout: float) -> float:
-        from .derive import derive
+        from .derivation import derive
 
         return derive(problem, knobs, dims).flops(dims)
 

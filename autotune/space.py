@@ -48,7 +48,7 @@ def flop_optimal(problem, dims: Mapping[str, int] | None = None) -> dict[str, An
     """The cost model's best among unblocked candidates with the optimal order: coordinate
     descent over the kernel of each inverted matrix and the SYRK and symmetric-product
     switches (each candidate is derived and its FLOPs counted), from the default kernels."""
-    from .derive import derive
+    from .derivation import derive
 
     values = problem.resolve_dims(dims)
     space = knob_space(_without_search(problem), values)

@@ -543,7 +543,52 @@ def _default_name(origin: str) -> str:
 
 def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -> Problem:
     """Parse and validate problem text (TOML, or YAML when ``fmt='yaml'`` or the origin ends
-    in ``.yaml``/``.yml``)."""
+    in ``.yaml``/``.yml``).
+
+    A pipeline of small readers, each naming the table or field it refuses: the document, its
+    ``[problem]`` table, ``[dims]`` (with aliases and the default sizes), ``[inputs]``, the
+    formula tables, and last the checks that need the whole problem.
+    """
+    data = _read_document(text, origin, fmt)
+    name, description, dtype = _parse_meta(data, origin)
+    dims = _parse_dims(data, origin)
+    aliases = _dim_aliases(dims, origin)
+    dims = {d: v for d, v in dims.items() if d not in aliases}
+    # the sizes at the defaults, to check bandwidths against (errors in dims surface here)
+    default_sizes = Problem(
+        name=name, description="", dims=dims, inputs={}, definitions={}, outputs={},
+        origin=origin, aliases=aliases,
+    ).resolve_dims()
+    for alias, target in aliases.items():
+        default_sizes[alias] = default_sizes[target]
+    all_dims = {**dims, **{a: dims[t] for a, t in aliases.items()}}
+    raw_inputs = _expect_table(data.get("inputs", {}), f"{origin}: [inputs]")
+    if not raw_inputs:
+        raise SpecError(f"{origin}: [inputs] is empty; declare at least one input")
+    inputs = {
+        iname: _parse_input(iname, spec, all_dims, aliases, default_sizes, origin)
+        for iname, spec in raw_inputs.items()
+    }
+    definitions, outputs = _parse_formula_tables(data, inputs, all_dims, origin)
+    problem = Problem(
+        name=name,
+        description=description,
+        dims=dims,
+        inputs=inputs,
+        definitions=definitions,
+        outputs=outputs,
+        search=_expect_table(data.get("search", {}), f"{origin}: [search]"),
+        dtype=dtype,
+        source=text,
+        origin=origin,
+        aliases=aliases,
+    )
+    _validate_whole(problem, origin)
+    return problem
+
+
+def _read_document(text: str, origin: str, fmt: str | None) -> dict[str, Any]:
+    """The document as a table whose keys are all known tables."""
     if fmt is None:
         fmt = "yaml" if origin.endswith((".yaml", ".yml")) else "toml"
     try:
@@ -565,6 +610,11 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
             raise SpecError(
                 f"{origin}: unknown table {key!r}; valid tables: {', '.join(TOP_LEVEL)}"
             )
+    return data
+
+
+def _parse_meta(data: Mapping[str, Any], origin: str) -> tuple[str, str, str]:
+    """``[problem]``: the name, description and dtype."""
     meta = _expect_table(data.get("problem", {}), f"{origin}: [problem]")
     for key in meta:
         if key not in ("name", "description", "dtype"):
@@ -578,9 +628,14 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
     dtype = meta.get("dtype", "float64")
     if dtype not in DTYPES:
         raise SpecError(f"{origin}: [problem].dtype {dtype!r} is not supported; valid: {DTYPES}")
+    return name, description, dtype
 
+
+def _parse_dims(data: Mapping[str, Any], origin: str) -> dict[str, int | str]:
+    """``[dims]``: each a positive integer or a formula over the other dimensions."""
+    raw = _expect_table(data.get("dims", {}), f"{origin}: [dims]")
     dims: dict[str, int | str] = {}
-    for dname, value in _expect_table(data.get("dims", {}), f"{origin}: [dims]").items():
+    for dname, value in raw.items():
         where = f"{origin}: dims.{dname}"
         _check_name(dname, where)
         if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -593,62 +648,58 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
         if isinstance(value, str):
             fn = parse_dim_formula(value, where)
             for ref in fn.names:  # type: ignore[attr-defined]
-                if ref not in data.get("dims", {}):
+                if ref not in raw:
                     raise SpecError(
                         f"{where}: {value!r} refers to unknown dimension {ref!r}; dimensions: "
-                        f"{', '.join(data.get('dims', {}))}"
+                        f"{', '.join(raw)}"
                     )
         dims[dname] = value
-    aliases = _dim_aliases(dims, origin)
-    dims = {d: v for d, v in dims.items() if d not in aliases}
-    # the sizes at the defaults, to check bandwidths against (errors in dims surface here)
-    default_sizes = Problem(
-        name=name, description="", dims=dims, inputs={}, definitions={}, outputs={},
-        origin=origin, aliases=aliases,
-    ).resolve_dims()
-    for alias, target in aliases.items():
-        default_sizes[alias] = default_sizes[target]
-    all_dims = {**dims, **{a: dims[t] for a, t in aliases.items()}}
+    return dims
 
-    inputs: dict[str, InputSpec] = {}
-    raw_inputs = _expect_table(data.get("inputs", {}), f"{origin}: [inputs]")
-    if not raw_inputs:
-        raise SpecError(f"{origin}: [inputs] is empty; declare at least one input")
-    for iname, spec in raw_inputs.items():
-        where = f"{origin}: inputs.{iname}"
-        _check_name(iname, where)
-        if iname in all_dims:
-            raise SpecError(f"{where}: the name {iname!r} is already a dimension")
-        spec = _expect_table(spec, where)
-        for key in spec:
-            if key not in INPUT_KEYS:
-                raise SpecError(
-                    f"{where}: unknown field {key!r}; valid fields: {', '.join(INPUT_KEYS)}"
-                )
-        if "shape" not in spec:
-            raise SpecError(f"{where}: missing field 'shape' (e.g. shape = [\"n\", \"n\"])")
-        shape = _parse_shape(spec["shape"], all_dims, where)
-        props = spec.get("properties", [])
-        if isinstance(props, str):
-            props = [props]
-        if not isinstance(props, list):
-            raise SpecError(f"{where}.properties: expected a list of property names")
-        sym_shape = None if not shape else tuple(
-            sp.Integer(s) if isinstance(s, int) else sp.Symbol(aliases.get(s, s)) for s in shape
-        )
-        closed = validate_properties(props, sym_shape, f"{where}.properties")  # type: ignore[arg-type]
-        declared = tuple(p for p in _canonical_list(props, f"{where}.properties") if p in closed)
-        desc = spec.get("description", "")
-        if not isinstance(desc, str):
-            raise SpecError(f"{where}.description must be a string")
-        band: Band | None = None
-        if "bandwidth" in spec:
-            sizes = None if not shape else tuple(
-                s if isinstance(s, int) else default_sizes[s] for s in shape
+
+def _parse_input(iname: str, spec: Any, all_dims: Mapping[str, Any],
+                 aliases: Mapping[str, str], default_sizes: Mapping[str, int],
+                 origin: str) -> InputSpec:
+    """One ``[inputs]`` entry: shape, properties (closed under inference), band, description."""
+    where = f"{origin}: inputs.{iname}"
+    _check_name(iname, where)
+    if iname in all_dims:
+        raise SpecError(f"{where}: the name {iname!r} is already a dimension")
+    spec = _expect_table(spec, where)
+    for key in spec:
+        if key not in INPUT_KEYS:
+            raise SpecError(
+                f"{where}: unknown field {key!r}; valid fields: {', '.join(INPUT_KEYS)}"
             )
-            band = validate_bandwidth(spec["bandwidth"], sizes, closed, f"{where}.bandwidth")  # type: ignore[arg-type]
-        inputs[iname] = InputSpec(iname, shape, declared, desc, band)
+    if "shape" not in spec:
+        raise SpecError(f"{where}: missing field 'shape' (e.g. shape = [\"n\", \"n\"])")
+    shape = _parse_shape(spec["shape"], all_dims, where)
+    props = spec.get("properties", [])
+    if isinstance(props, str):
+        props = [props]
+    if not isinstance(props, list):
+        raise SpecError(f"{where}.properties: expected a list of property names")
+    sym_shape = None if not shape else tuple(
+        sp.Integer(s) if isinstance(s, int) else sp.Symbol(aliases.get(s, s)) for s in shape
+    )
+    closed = validate_properties(props, sym_shape, f"{where}.properties")  # type: ignore[arg-type]
+    declared = tuple(p for p in _canonical_list(props, f"{where}.properties") if p in closed)
+    desc = spec.get("description", "")
+    if not isinstance(desc, str):
+        raise SpecError(f"{where}.description must be a string")
+    band: Band | None = None
+    if "bandwidth" in spec:
+        sizes = None if not shape else tuple(
+            s if isinstance(s, int) else default_sizes[s] for s in shape
+        )
+        band = validate_bandwidth(spec["bandwidth"], sizes, closed, f"{where}.bandwidth")  # type: ignore[arg-type]
+    return InputSpec(iname, shape, declared, desc, band)
 
+
+def _parse_formula_tables(data: Mapping[str, Any], inputs: Mapping[str, InputSpec],
+                    all_dims: Mapping[str, Any], origin: str
+                    ) -> tuple[dict[str, str], dict[str, str]]:
+    """``[definitions]`` and ``[outputs]``, each name defined once."""
     definitions = _formula_table(data.get("definitions", {}), f"{origin}: [definitions]")
     outputs = _formula_table(data.get("outputs", {}), f"{origin}: [outputs]")
     if not outputs:
@@ -659,21 +710,12 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
     for nm in definitions:
         if nm in outputs:
             raise SpecError(f"{origin}: {nm!r} is both a definition and an output")
+    return definitions, outputs
 
-    search = _expect_table(data.get("search", {}), f"{origin}: [search]")
-    problem = Problem(
-        name=name,
-        description=description,
-        dims=dims,
-        inputs=inputs,
-        definitions=definitions,
-        outputs=outputs,
-        search=search,
-        dtype=dtype,
-        source=text,
-        origin=origin,
-        aliases=aliases,
-    )
+
+def _validate_whole(problem: Problem, origin: str) -> None:
+    """What needs the whole problem: the default sizes, every formula parsed, partial accesses
+    inside their matrices, and the ``[search]`` table."""
     from .knobs import validate_search  # late import: space depends on spec
 
     try:
@@ -686,7 +728,6 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
             f"{origin}: the formulas are nested too deeply to analyse; split them into "
             "[definitions]"
         ) from None
-    return problem
 
 
 def _check_indices(problem: Problem, values: Mapping[str, int]) -> None:

@@ -10,9 +10,10 @@ import numpy as np
 import pytensor
 import pytest
 
-from autotune.derive import derive
+from autotune.derivation import derive
 from autotune.instances import random_instance
-from autotune.knobs import knob_space, narrow_band
+from autotune.kernels.banded import narrow_band
+from autotune.knobs import knob_space
 from autotune.lower import lower
 from autotune.pinned import kernel_counts
 from autotune.reference import evaluate_reference, relative_error, tolerance

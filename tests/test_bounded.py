@@ -22,7 +22,7 @@ from sympy.matrices.expressions import Identity, Inverse, MatAdd, MatMul
 
 from autotune import blocking, properties
 from autotune.blocking import _inverses, blocked_size
-from autotune.derive import derive, parenthesizations
+from autotune.derivation import derive, parenthesizations
 from autotune.errors import AutotuneError, DerivationError, ResourceError, SpecError
 from autotune.formula import (
     MAX_FACTORS,
@@ -44,7 +44,7 @@ from autotune.properties import FactBase, canonical
 from autotune.reference import evaluate_reference, relative_error, tolerance
 from autotune.spec import _PARSED, RESERVED, Problem, load_problem, parse_problem
 
-derive_mod = importlib.import_module("autotune.derive")  # the package exports derive(), too
+derive_mod = importlib.import_module("autotune.derivation")
 
 #: what any refusal here must take at most (the slowest, the 16-level nested definitions, is
 #: refused in about a second; unbounded, it would take hours)

@@ -401,7 +401,7 @@ def test_kernels_are_compiled_when_a_plan_is_loaded(kalman_fn):
 
 
 def test_unguarded_inputs_of_the_shipped_problems():
-    from autotune.derive import derive
+    from autotune.derivation import derive
 
     expect = {  # matrices only factorized or inverted, or read in one triangle
         ("kalman", "flop-optimal"): {"R"},
@@ -887,7 +887,7 @@ def test_a_partial_access_leaves_the_unread_part_unchecked():
     """``(A + B)[2, 2]`` reads one entry of A and of B: a NaN elsewhere changes no output (the
     formula says so), so neither input is scanned; the formula as written slices a computed
     sum, which the analysis does not follow (conservative): both inputs are scanned there."""
-    from autotune.derive import derive
+    from autotune.derivation import derive
     from autotune.knobs import default_knobs
     from autotune.spec import parse_problem
 
@@ -945,7 +945,7 @@ def test_triangle_scans_follow_transposes_and_refuse_mixed_reads():
 def test_a_negative_power_of_a_diagonal_does_not_vouch_for_it():
     """H.T inv(R) H as the rank-k update of R^-1/2 H: an infinity on R's diagonal becomes a
     zero row (1/sqrt(inf)), as in a solve, so R is scanned (its diagonal) and +inf is named."""
-    from autotune.derive import derive
+    from autotune.derivation import derive
 
     p = load_problem("information_filter")
     dims = p.resolve_dims({"n": 16})

@@ -148,7 +148,7 @@ def test_quick_comparison_writes_every_row_and_a_plot(tmp_path, capsys):
     # never an impossible figure: the plan is not faster than its limit
     plan_median = statistics.median(case["variants"]["plan"]["samples"])
     assert plan_median >= case["limit_s"]
-    from autotune.derive import derive
+    from autotune.derivation import derive
     from autotune.space import named_point
 
     kalman = load_problem("kalman")

@@ -8,7 +8,7 @@ import random
 import pytensor
 import pytest
 
-from autotune.derive import block_sizes, derive, parenthesizations
+from autotune.derivation import block_sizes, derive, parenthesizations
 from autotune.errors import KnobError
 from autotune.instances import random_instance
 from autotune.lower import lower
@@ -297,7 +297,7 @@ def test_blocked_derivation_is_cached_on_disk(tmp_path, monkeypatch, blocks):
     monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path))
     p = load_problem("kalman")
     blocking._MEMORY.clear()
-    from autotune.derive import _derive_cached
+    from autotune.derivation import _derive_cached
 
     _derive_cached.cache_clear()
     dims = {"n": 40, "k": 20}
@@ -339,14 +339,17 @@ def test_explicit_inverse_of_an_spd_matrix_uses_cholesky():
 def test_every_solver_is_costed_from_the_kernel_registry():
     """The chain ordering costs a solve with the registry's costs of the kernels it emits:
     every solver a knob may name (except the explicit inverses, which are products) has its
-    steps, and they name registered kernels."""
-    from autotune.derive import EXPLICIT, SOLVE_STEPS
+    steps, and they name registered kernels; an explicit one names its inverse kernel."""
     from autotune.kernels import KERNELS
+    from autotune.kernels.registry import SOLVERS
     from autotune.knobs import ALL_SOLVERS
 
-    assert set(SOLVE_STEPS) == set(ALL_SOLVERS) - set(EXPLICIT)
-    for steps in SOLVE_STEPS.values():
-        assert steps and all(op in KERNELS for op, _ in steps)
+    assert set(ALL_SOLVERS) == set(SOLVERS)
+    for solver in SOLVERS.values():
+        if solver.explicit:
+            assert not solver.steps and solver.inverse_op in KERNELS
+        else:
+            assert solver.steps and all(op in KERNELS for op, _ in solver.steps)
 
 
 SANDWICH = """

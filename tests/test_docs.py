@@ -106,6 +106,21 @@ def test_every_solver_kernel_is_documented(solver: str) -> None:
     assert _mentioned(solver), f"solver kernel {solver!r} is not in {DOC.name}"
 
 
+def test_the_solver_table_is_what_the_registry_offers() -> None:
+    """Each row of the "kernels, best first" table is :func:`solver_choices` for a matrix whose
+    primary property is that row's."""
+    from autotune.kernels.registry import solver_choices
+
+    start = TEXT.index("| the matrix is | kernels, best first |")
+    rows = TEXT[start:].split("\n\n", 1)[0].splitlines()[2:]
+    assert len(rows) >= 6
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        props = re.findall(r"`(\w+)`", cells[0].split(" or ")[0])
+        facts = frozenset(props) | ({"symmetric"} if "positive_definite" in props else set())
+        assert re.findall(r"`(\w+)`", cells[1]) == solver_choices(facts), row
+
+
 def test_rewrite_choices_tables_and_fields_are_documented() -> None:
     for choice in REWRITE_CHOICES:
         if isinstance(choice, str):

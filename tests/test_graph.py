@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.derive import derive
+from autotune.derivation import derive
 from autotune.graph import (
     FORMATS,
     draw_plan,

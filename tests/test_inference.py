@@ -10,7 +10,7 @@ import pytensor
 import pytest
 import sympy as sp
 
-from autotune.derive import derive
+from autotune.derivation import derive
 from autotune.errors import SpecError
 from autotune.instances import check_bandwidth, check_property, random_instance
 from autotune.inverses import assume_invertible

@@ -160,6 +160,51 @@ def test_kernel_computes_its_pattern(kernel, j, dtype, backend):
     np.testing.assert_allclose(out, ref, **tol, err_msg=f"{kernel.name}: {kernel.pattern}")
 
 
+def _nan_cases(field: str):
+    """The examples of the kernels whose ``field`` names a position the example has."""
+    def applies(k: Kernel, ex: Example) -> bool:
+        value = getattr(k, field)
+        return value != () and (field != "lower_read" or min(value) < len(ex.args))
+
+    return [pytest.param(k, j, id=f"{k.name}-{j}") for k in COMPUTING
+            for j, ex in enumerate(k.examples) if applies(k, ex)]
+
+
+@pytest.mark.parametrize(("kernel", "j"), _nan_cases("passes_nan"))
+def test_a_nan_where_the_record_says_it_passes_reaches_the_result(kernel, j):
+    """``passes_nan`` is what the call checks trust: a NaN in such an argument (its first
+    element, inside any structure the kernel reads) makes the compiled kernel's result
+    non-finite, so an input only such kernels read needs no scan of its own."""
+    ex = kernel.examples[j]
+    step = _step(kernel, ex)
+    clean = _operands(kernel, ex, step, np.random.default_rng(3))
+    fn = _compile(kernel, ex, step, "float64", "NUMBA")
+    positions = kernel.nan_positions(step)
+    assert positions is None or positions, kernel.name
+    for pos in range(len(ex.args)) if positions is None else positions:
+        args = [x.copy() for x in clean]
+        if args[pos].ndim == 0:
+            args[pos] = np.asarray(np.nan)
+        else:
+            args[pos][0, 0] = np.nan
+        assert not np.isfinite(np.asarray(fn(*args))).all(), (kernel.name, pos)
+
+
+@pytest.mark.parametrize(("kernel", "j"), _nan_cases("lower_read"))
+def test_a_nan_in_the_triangle_a_kernel_does_not_read_changes_nothing(kernel, j):
+    """``lower_read``: a NaN in the strict upper triangle of such an argument leaves the
+    compiled kernel's result as it was (what lets the call checks scan one triangle)."""
+    ex = kernel.examples[j]
+    step = _step(kernel, ex)
+    clean = _operands(kernel, ex, step, np.random.default_rng(4))
+    fn = _compile(kernel, ex, step, "float64", "NUMBA")
+    want = np.asarray(fn(*[x.copy() for x in clean]))
+    for pos in kernel.lower_read:
+        args = [x.copy() for x in clean]
+        args[pos][0, -1] = np.nan
+        np.testing.assert_array_equal(np.asarray(fn(*args)), want, err_msg=kernel.name)
+
+
 @pytest.mark.parametrize(
     "kernel", [k for k in COMPUTING if k.pytensor_op], ids=lambda k: k.name
 )
@@ -225,7 +270,7 @@ def test_a_registered_structured_kernel_is_chosen_by_the_derivation(monkeypatch)
     ``structured`` use, the derivation offers it every square factor and emits it where it
     matches (here a symmetric factor, which no shipped kernel takes), costing it by its own
     cost; nothing in the derivation names it."""
-    from autotune.derive import _derive_cached, derive
+    from autotune.derivation import _derive_cached, derive
     from autotune.kernels.registry import StructuredUse
     from autotune.space import named_point
     from autotune.spec import parse_problem

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import small_dims
 
-from autotune.derive import derive
+from autotune.derivation import derive
 from autotune.instances import random_instance
 from autotune.lower import lower
 from autotune.pinned import (

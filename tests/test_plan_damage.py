@@ -235,12 +235,12 @@ def test_unknown_additional_fields_load(example, tmp_path):
 @pytest.mark.parametrize(
     "stage, exc, match",
     [
-        ("autotune.derive.derive", AttributeError("'Mul' object has no attribute 'blocks'"),
+        ("autotune.derivation.derive", AttributeError("'Mul' object has no attribute 'blocks'"),
          r"field 'params': the computation cannot be re-derived.*AttributeError: 'Mul'.*"
          + RETUNE),
-        ("autotune.derive.derive", RecursionError("maximum recursion depth exceeded"),
+        ("autotune.derivation.derive", RecursionError("maximum recursion depth exceeded"),
          r"field 'params': the computation cannot be re-derived.*RecursionError"),
-        ("autotune.derive.derive", KeyError("inv1"),
+        ("autotune.derivation.derive", KeyError("inv1"),
          r"field 'params': the computation cannot be re-derived.*KeyError: 'inv1'"),
         ("autotune.lower.lower", TypeError("Invalid dtype: 64"),
          r"field 'params': the derived computation cannot be lowered.*TypeError: Invalid dtype"),
@@ -255,7 +255,7 @@ def test_errors_re_deriving_a_stored_plan_become_plan_errors(monkeypatch, stage,
     def boom(*args, **kwargs):
         raise exc
 
-    # autotune.derive is also the name of a function: patch the module itself
+    # patch the module attribute the stage is looked up by
     monkeypatch.setattr(importlib.import_module(module), name, boom)
     with pytest.raises(PlanError, match=match) as info:
         load_plan(EXAMPLE, heap="system")

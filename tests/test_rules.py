@@ -15,7 +15,7 @@ import pytensor
 import pytest
 import sympy as sp
 
-from autotune.derive import derive
+from autotune.derivation import derive
 from autotune.errors import SpecError
 from autotune.instances import random_instance
 from autotune.knobs import default_knobs

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.derive import derive
+from autotune.derivation import derive
 from autotune.measure import Job, Measurement
 from autotune.search import SearchConfig, study_name, tune
 

@@ -485,7 +485,7 @@ def test_a_shipped_problem_compiles_pinned_for_jax_and_matches_the_reference():
     """The JAX target on a real candidate: the flop-optimal Kalman point, pinned kernels,
     against the float64 reference."""
     t = _skip_unless_available("jax-cpu-t1")
-    from autotune.derive import derive
+    from autotune.derivation import derive
     from autotune.instances import random_instance
     from autotune.lower import lower
     from autotune.reference import evaluate_reference, relative_error

@@ -12,7 +12,11 @@ pictures (:mod:`autotune.graph`) read it. One module per family registers its re
 * :mod:`~autotune.kernels.factorizations`: Cholesky, its solve, the general solve, the LU
   inverse, the SPD inverse;
 * :mod:`~autotune.kernels.triangular`: the triangular and diagonal kernels;
-* :mod:`~autotune.kernels.banded`: the product with a banded matrix.
+* :mod:`~autotune.kernels.banded`: the product with a banded matrix, the banded solve and
+  its solver;
+* :mod:`~autotune.kernels.solvers`: the dense solvers (the values of the ``solver.*`` knobs:
+  Cholesky split, Cholesky, LU, ...), each a :class:`~autotune.kernels.registry.Solver` record
+  of how it is offered, costed and emitted.
 
 Adding a kernel is adding a record (and, when PyTensor has no op for it, the op) to its family
 module: the registry tests (tests/test_kernel_registry.py) then check it against NumPy, its FLOP
@@ -35,7 +39,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import banded, factorizations, products, structural, triangular  # noqa: F401  (registers)
+from . import (  # noqa: F401  (registers)
+    banded,
+    factorizations,
+    products,
+    solvers,
+    structural,
+    triangular,
+)
 from .registry import KERNELS, TRIANGULAR, Example, Kernel, get_kernel, register_kernel
 
 # public name -> the module that defines it (imported on first access: numba, PyTensor)

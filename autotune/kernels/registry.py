@@ -31,9 +31,14 @@ __all__ = [
     "Kernel",
     "KERNELS",
     "Operand",
+    "PRIMARY",
+    "SOLVERS",
+    "Solver",
     "StructuredUse",
     "get_kernel",
     "register_kernel",
+    "register_solver",
+    "solver_choices",
     "structured_product",
 ]
 
@@ -101,7 +106,19 @@ class Kernel:
     operands)`` computes ``pattern`` with NumPy/SciPy (None for structural ops, which are not
     computations of their own). ``knob``: the boolean knob that lets the derivation use the
     kernel, if any. ``structured``: for a product kernel that exploits a structured factor,
-    how the derivation chooses it (:class:`StructuredUse`)."""
+    how the derivation chooses it (:class:`StructuredUse`).
+
+    What the call checks read (:mod:`autotune.checks`): ``passes_nan``, the argument positions
+    a NaN or infinity of which reaches the result (None: every argument; ``()``: none, the
+    conservative default; or a function of the step giving either), so that an input only
+    such kernels read is vouched for by the output check; ``lower_read``, the argument
+    positions of which the kernel reads only the lower triangle (a factorization, the ``c``
+    of a symmetric update)."""
+
+    def nan_positions(self, step: Any) -> tuple[int, ...] | None:
+        """The argument positions of ``step`` whose non-finite elements reach its result
+        (None: all of them)."""
+        return self.passes_nan(step) if callable(self.passes_nan) else self.passes_nan
 
     name: str
     description: str
@@ -118,6 +135,8 @@ class Kernel:
     step_text: Callable[[Any], str] | None = field(default=None, repr=False)
     knob: str | None = None
     structured: StructuredUse | None = None
+    passes_nan: tuple[int, ...] | None | Callable[[Any], tuple[int, ...] | None] = ()
+    lower_read: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -182,6 +201,92 @@ def register_kernel(kernel: Kernel, replace: bool = False) -> Kernel:
 def get_kernel(name: str) -> Kernel:
     """The kernel named ``name``; a KeyError lists the valid names."""
     return KERNELS[name]
+
+
+# -- solvers: how a matrix the formula inverts is applied ---------------------------------------
+
+#: The property that decides which solvers a matrix is offered, in this order of precedence
+#: (property names of :mod:`autotune.properties`; ``general`` when none holds): a diagonal
+#: positive definite matrix is offered the diagonal solve, not Cholesky.
+PRIMARY = ("diagonal", "positive_definite", "lower_triangular", "upper_triangular",
+           "orthogonal", "symmetric", "general")
+
+#: ``emit(builder, x, rhs, label) -> step``: the steps of ``inv(x) * rhs`` added to a
+#: derivation's builder (:class:`autotune.derivation._Builder`: ``add``, ``emit``, ``factor``,
+#: ``solve``, ``shape_of``, ``fb`` ...), the step of the result returned.
+Emit = Callable[[Any, Any, int, str], int]
+
+
+@dataclass(frozen=True)
+class Solver:
+    """One value of a ``solver.*`` knob: how ``inv(x)`` is applied.
+
+    ``ranks`` maps a :data:`PRIMARY` property (or ``"*"``: any) to the solver's place in the
+    list a matrix with that primary property is offered (lowest first: the first is the
+    default); ``when(operand)`` may refuse it for a given matrix (a banded solve needs a narrow
+    band). ``steps`` names the registry kernels one solve calls, with their attributes, for the
+    cost model (``cost_attrs(builder, x)`` adds attributes only the matrix knows, such as its
+    band). ``emit`` adds the solve to a derivation. ``factors(builder, x)``, where given,
+    rewrites the chain factor ``inv(x)`` into other factors before the chain is ordered
+    (``inv(S) = inv(L.T) inv(L)``, ``inv(Q) = Q.T``). An ``explicit`` solver forms the inverse
+    (the ``inverse_op`` step) and multiplies by it. ``example``: the fields of an ``n x n``
+    input (TOML, as in ``[inputs]``) the solver is offered for, which the registry tests
+    invert with it."""
+
+    name: str
+    description: str
+    ranks: Mapping[str, int]
+    steps: tuple[tuple[str, Mapping[str, Any]], ...]
+    emit: Emit
+    when: Callable[[Operand], bool] | None = None
+    factors: Callable[[Any, Any], list[Any]] | None = None
+    cost_attrs: Callable[[Any, Any], Mapping[str, Any]] | None = None
+    explicit: bool = False
+    inverse_op: str | None = None
+    example: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.ranks) - set(PRIMARY) - {"*"}
+        if unknown:
+            raise ValueError(f"solver {self.name!r}: ranks for unknown properties "
+                             f"{sorted(unknown)}; valid: {', '.join(PRIMARY)}, *")
+        if self.explicit != (self.inverse_op is not None):
+            raise ValueError(f"solver {self.name!r}: an explicit solver names its inverse_op "
+                             "(and only it)")
+
+    def rank(self, operand: Operand) -> int | None:
+        """Where the solver stands in ``operand``'s list (None: not offered)."""
+        primary = next((p for p in PRIMARY[:-1] if p in operand.facts), "general")
+        rank = self.ranks.get(primary, self.ranks.get("*"))
+        if rank is None or (self.when is not None and not self.when(operand)):
+            return None
+        return rank
+
+
+#: Every registered solver, by name, in registration order.
+SOLVERS: dict[str, Solver] = {}
+
+
+def register_solver(solver: Solver, replace: bool = False) -> Solver:
+    """Add ``solver`` to :data:`SOLVERS`; a second one of the same name is an error unless
+    ``replace``; its steps must name registered kernels."""
+    if solver.name in SOLVERS and not replace:
+        raise ValueError(f"solver {solver.name!r} is already registered")
+    for op, _ in solver.steps:
+        if op not in KERNELS:
+            raise ValueError(f"solver {solver.name!r}: step {op!r} is not a registered kernel")
+    SOLVERS[solver.name] = solver
+    return solver
+
+
+def solver_choices(facts: frozenset[str], band: tuple[int, int] | None = None,
+                   n: int = 0) -> list[str]:
+    """The solvers offered for inverting an ``n x n`` matrix with these closed properties and
+    band, best first (the first is the default)."""
+    operand = Operand(frozenset(facts), band, n, False)
+    ranked = [(r, i, s.name) for i, s in enumerate(SOLVERS.values())
+              if (r := s.rank(operand)) is not None]
+    return [name for _, _, name in sorted(ranked)]
 
 
 # -- helpers shared by the family modules ------------------------------------------------------

@@ -147,6 +147,13 @@ def _trmm_text(step: Any) -> str:
     return f"trmm ({', '.join(parts)})"
 
 
+
+def _diag_mul_passes(step: Any) -> tuple[int, ...] | None:
+    """A scaling reads the declared diagonal and passes a NaN there on (the declared zeros it
+    does not read are the property checks'); by a negative power it divides by it (an
+    infinity there becomes 0), as a solve does: only its other operand."""
+    return (1,) if float(step.attr("power", 1.0)) < 0 else None
+
 for _k in (
     Kernel("trsolve",
            "triangular solve: attrs lower, trans, side ('left': A^-1 B, 'right': B A^-1)",
@@ -155,7 +162,7 @@ for _k in (
            reference=_ref_trsolve, step_text=_trsolve_text,
            examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3, (("lower", True),)),
                      Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3,
-                             (("lower", False), ("trans", True))))),
+                             (("lower", False), ("trans", True)))), passes_nan=(1,)),
     Kernel("trmm",
            "triangular matrix product (BLAS TRMM): attrs lower, trans, side ('left': "
            "alpha op(A) B, 'right': alpha B op(A)), alpha",
@@ -166,7 +173,7 @@ for _k in (
            examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3, (("lower", True),)),
                      Example(((5, 5), (7, 5)), (7, 5), 5.0 * 5 * 7,
                              (("alpha", -1.5), ("lower", False), ("side", "right"),
-                              ("trans", True))))),
+                              ("trans", True)))), passes_nan=None),
     Kernel("diag_mul", "product with a diagonal matrix (a row or column scaling): attrs side "
            "('left': D @ B, 'right': B @ D), power (of D: 0.5 and -0.5 split B.T D B and "
            "B.T D^-1 B into a rank-k update)", "D^p @ B  (D diagonal)", "product",
@@ -178,10 +185,10 @@ for _k in (
                      Example(((5, 5), (5, 3)), (5, 3), 15.0, (("power", -0.5), ("side", "left")),
                              ((PD,), ())),
                      Example(((5, 5), (3, 5)), (3, 5), 15.0, (("power", 0.5), ("side", "right")),
-                             ((PD,), ())))),
+                             ((PD,), ()))), passes_nan=_diag_mul_passes),
     Kernel("diag_solve", "solve with a diagonal matrix (scaling): side", "D^-1 @ B",
            "solve", _diag_solve_cost, _lower_diag_solve, properties=((DIAGONAL,), ()),
            reference=_ref_diag_solve,
-           examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 3),)),
+           examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 3),), passes_nan=(1,)),
 ):
     register_kernel(_k)
