@@ -178,9 +178,9 @@ def _rewritten_outputs(problem: Problem, knobs: Mapping[str, Any], fb: FactBase
     if choice == "as_written":
         return exprs
     rank = 0 if choice == "cheapest" else int(choice)
-    options = {n: variants(e, fb) for n, e in exprs.items()}
-    chosen = {n: opts[0] for n, opts in options.items()}
     dims = {str(d): v for d, v in fb.dims.items()}
+    options = _output_variants(problem, fb, dims)
+    chosen = {n: opts[0] for n, opts in options.items()}
     for name, opts in options.items():
         if len(opts) == 1:
             continue
@@ -195,6 +195,26 @@ def _rewritten_outputs(problem: Problem, knobs: Mapping[str, Any], fb: FactBase
             costs.sort()
             chosen[name] = opts[costs[min(rank, len(costs) - 1)][1]]
     return chosen
+
+
+#: (problem, sizes) -> each output's variants (see :func:`_output_variants`)
+_VARIANTS: dict[tuple, dict[str, list[sp.Basic]]] = {}
+MAX_VARIANT_SETS = 64
+
+
+def _output_variants(problem: Problem, fb: FactBase, dims: Mapping[str, int]
+                     ) -> dict[str, list[sp.Basic]]:
+    """Each output's variants (:func:`autotune.rules.variants`), enumerated once per problem
+    and sizes: they depend on the formulas and their facts, not on the knobs, and a search
+    derives many knob points of one problem (only their costs differ)."""
+    key = (problem, tuple(sorted(dims.items())))
+    hit = _VARIANTS.get(key)
+    if hit is None:
+        if len(_VARIANTS) >= MAX_VARIANT_SETS:
+            _VARIANTS.clear()
+        hit = _VARIANTS[key] = {n: variants(problem.expressions[n], fb)
+                                for n in problem.outputs}
+    return hit
 
 
 @dataclass
@@ -299,6 +319,7 @@ class _Builder:
         self.factors: dict[sp.Basic, MatrixSymbol] = {}
         self.inputs: dict[str, int] = {}
         self.structures: dict[sp.Basic, _Structure | None] = {}
+        self._solvers: dict[sp.Basic, str] = {}  # solver by inverted matrix (see kernel)
         #: symbols standing for a power of a positive diagonal input: symbol -> (input, power)
         self.roots: dict[MatrixSymbol, tuple[MatrixSymbol, float]] = {}
 
@@ -585,18 +606,34 @@ class _Builder:
         """A sum that holds an already computed sum among its terms, up to sign
         (``Ps1 - A*P*A.T - Q`` once ``A*P*A.T + Q`` is computed): the rest added to (or that
         sum subtracted from) it, instead of computing its terms again. Sums of at most
-        :data:`MAX_SHARED_TERMS` terms, the largest shared part first."""
+        :data:`MAX_SHARED_TERMS` terms, the largest shared part first. A part is looked up
+        only when each of its terms is a term of some computed sum (see :meth:`_term_forms`):
+        canonical forms of sums are costly, and blocked derivations meet thousands of sums."""
         terms = list(e.args)
         if not self.cse or not 2 < len(terms) <= MAX_SHARED_TERMS:
             return None
-        # the sizes of the sums computed so far (canonical forms are costly: try only those)
-        sizes = {len(k.args) for k in self.memo if isinstance(k, MatAdd)}
+        sums = [k for k in self.memo if isinstance(k, MatAdd)]
+        sizes = {len(k.args) for k in sums}
+        if not sizes & set(range(2, len(terms))):
+            return None
+        known = {a for k in sums for a in k.args}
+        forms = self._term_forms(terms)
+
+        def maybe(part: tuple[int, ...], sign: int) -> bool:
+            if forms is None:
+                return True
+            at = 0 if sign == 1 else 2
+            return any(all(forms[k] is None or forms[k][at + t] in known for k in part)
+                       for t in (0, 1))
+
         for size in range(len(terms) - 1, 1, -1):
             if size not in sizes:
                 continue
             for chosen in itertools.combinations(range(len(terms)), size):
                 part = [terms[k] for k in chosen]
                 for sign, cand in ((1, MatAdd(*part)), (-1, MatAdd(*[-t for t in part]))):
+                    if not maybe(chosen, sign):
+                        continue
                     hit = self.lookup(cand)
                     if hit is None:
                         continue
@@ -605,6 +642,21 @@ class _Builder:
                     return self.add("add" if sign == 1 else "sub", (other, hit),
                                     self.shape_of(hit), _label(e))
         return None
+
+    def _term_forms(self, terms: list[sp.Basic]
+                    ) -> list[tuple[sp.Basic, ...] | None] | None:
+        """Per term, the canonical forms a computed sum holding it (as computed, or
+        transposed; with either sign) has among its terms: ``(t, t.T, -t, -t.T)``. None for a
+        term whose form is itself a sum (a computed sum holds its terms, flattened); None for
+        all when two terms have the same form (a sum holding both holds their multiple)."""
+        out: list[tuple[sp.Basic, ...] | None] = []
+        for t in terms:
+            forms = (self.key(t), self.key(Transpose(t)), self.key(-t), self.key(Transpose(-t)))
+            out.append(None if any(isinstance(f, MatAdd) for f in forms) else forms)
+        seen = [f[0] for f in out if f is not None] + [f[2] for f in out if f is not None]
+        if len(set(seen)) < len(seen):
+            return None
+        return out
 
     def _fusable(self, i: int) -> bool:
         """Step i is a symmetric kernel call without a C term (syrk of A, symprod of A, B)."""
@@ -628,6 +680,14 @@ class _Builder:
 
     # -- kernels for inverses ------------------------------------------------------------------
     def kernel(self, x: sp.Basic) -> str:
+        """The solver for inverting ``x``: the knob's choice where valid, else the first
+        offered (memoised: the chain DP asks for every inverse factor it costs)."""
+        hit = self._solvers.get(x)
+        if hit is None:
+            hit = self._solvers[x] = self._kernel(x)
+        return hit
+
+    def _kernel(self, x: sp.Basic) -> str:
         facts = self.fb.facts(x)
         valid = solver_choices(facts, self.fb.bandwidth(x), self.fb.size(x.shape[0]) or 0)
         label = self.labels.get(self.key(x))

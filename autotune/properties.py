@@ -332,6 +332,8 @@ class FactBase:
     #: canonical forms by expression: shared sub-expressions (a DAG) are canonicalised once
     _canon: dict[sp.Basic, sp.Basic] = field(default_factory=dict, repr=False)
     _band_cache: dict[sp.Basic, _RawBand] = field(default_factory=dict, repr=False)
+    #: concrete sizes by dimension expression (``subs`` is slow; derivations ask thousands)
+    _sizes: dict[sp.Basic, int | None] = field(default_factory=dict, repr=False)
 
     def declare(
         self, atom: sp.Basic, props: Iterable[str], bandwidth: Band | None = None
@@ -357,13 +359,20 @@ class FactBase:
         self._cache.clear()
         self._canon.clear()
         self._band_cache.clear()
+        self._sizes.clear()
 
     def size(self, d: sp.Basic) -> int | None:
+        """The concrete size of a dimension expression at :attr:`dims` (None: unknown);
+        memoised until :meth:`clear_caches` (which a change of dims must call)."""
+        if d in self._sizes:
+            return self._sizes[d]
         try:
             v = d.subs(self.dims) if self.dims else d
-            return int(v) if v.is_number else None
+            out = int(v) if v.is_number else None
         except (TypeError, ValueError):
-            return None
+            out = None
+        self._sizes[d] = out
+        return out
 
     def facts(self, expr: sp.Basic) -> Facts:
         hit = self._cache.get(expr)
