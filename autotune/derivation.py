@@ -631,9 +631,10 @@ class _Builder:
                 continue
             for chosen in itertools.combinations(range(len(terms)), size):
                 part = [terms[k] for k in chosen]
-                for sign, cand in ((1, MatAdd(*part)), (-1, MatAdd(*[-t for t in part]))):
+                for sign in (1, -1):
                     if not maybe(chosen, sign):
                         continue
+                    cand = MatAdd(*part) if sign == 1 else MatAdd(*[_neg(t) for t in part])
                     hit = self.lookup(cand)
                     if hit is None:
                         continue
@@ -651,7 +652,8 @@ class _Builder:
         all when two terms have the same form (a sum holding both holds their multiple)."""
         out: list[tuple[sp.Basic, ...] | None] = []
         for t in terms:
-            forms = (self.key(t), self.key(Transpose(t)), self.key(-t), self.key(Transpose(-t)))
+            neg = _neg(t)
+            forms = (self.key(t), self.key(Transpose(t)), self.key(neg), self.key(Transpose(neg)))
             out.append(None if any(isinstance(f, MatAdd) for f in forms) else forms)
         seen = [f[0] for f in out if f is not None] + [f[2] for f in out if f is not None]
         if len(set(seen)) < len(seen):
@@ -1007,6 +1009,12 @@ def _label(e: sp.Basic, limit: int = 80) -> str:
 def _dim_text(x: sp.Basic) -> str:
     """A slice bound as a dimension formula (``0``, ``n``, ``n - 1``)."""
     return str(x)
+
+
+def _neg(x: sp.Basic) -> sp.Basic:
+    """``-x`` as an unevaluated product (SymPy's ``-x`` runs ``doit`` on the whole term: seconds
+    for a blocked one); canonical forms treat it as ``-x``."""
+    return MatMul(sp.S.NegativeOne, x)
 
 
 def _transpose(x: sp.Basic) -> sp.Basic:
