@@ -172,7 +172,9 @@ def write(rows: list[dict[str, Any]], old: Path, new: Path, k: int, rounds: int,
     def rev(tree: Path) -> str:
         out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True)
-        return out.stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True)
+        return (out.stdout.strip() or "?") + (" (+ working tree)" if dirty.stdout.strip() else "")
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
                 .splitlines() if ln.startswith("model name")), platform.processor())
@@ -180,7 +182,7 @@ def write(rows: list[dict[str, Any]], old: Path, new: Path, k: int, rounds: int,
         "# Derivations: old and new code side by side",
         "",
         f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores; old = {rev(old)}, "
-        f"new = {rev(new)} (+ working tree). {k} points sampled (seeded) from the old knob "
+        f"new = {rev(new)}. {k} points sampled (seeded) from the old knob "
         "space, derived by both, each checkout in a fresh process with an empty derivation "
         f"cache; times are the faster of {rounds} alternating rounds "
         "(`python -m benchmarks.derivations`).",

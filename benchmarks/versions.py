@@ -162,7 +162,9 @@ def write(rows: list[dict[str, Any]], old: Path, new: Path, repeats: int, path: 
     def rev(tree: Path) -> str:
         out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True)
-        return out.stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True)
+        return (out.stdout.strip() or "?") + (" (+ working tree)" if dirty.stdout.strip() else "")
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
                 .splitlines() if ln.startswith("model name")), platform.processor())
@@ -172,7 +174,7 @@ def write(rows: list[dict[str, Any]], old: Path, new: Path, repeats: int, path: 
         f"# {title}",
         "",
         f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores; old = {rev(old)}, "
-        f"new = {rev(new)} (+ working tree); {tuned}median of {repeats} interleaved calls per "
+        f"new = {rev(new)}; {tuned}median of {repeats} interleaved calls per "
         "side, each plan called as a user calls it (checks on) under the code that tuned it; "
         "verdict by LAAB's rule, paired.",
         "",
