@@ -615,6 +615,15 @@ def warm(dtype: str | np.dtype, kinds: Iterable[str] = ("finite", "symmetric", "
 # with passes nothing (a pivot of infinity turns into 0), nor does an unknown op.
 
 
+def _consumers(program: Any, live: Iterable[int]) -> dict[int, list[tuple[int, int]]]:
+    """Step -> the live steps that read it, each with the argument position it is read at."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for i in live:
+        for pos, j in enumerate(program.steps[i].args):
+            out.setdefault(j, []).append((i, pos))
+    return out
+
+
 def triangle_scans(program: Any, names: Iterable[str]) -> dict[str, bool]:
     """Of the inputs ``names`` (those :func:`unguarded_inputs` found), the ones the program
     reads in one triangle only -- every use of the input, or of its transpose, is by an op
@@ -624,10 +633,7 @@ def triangle_scans(program: Any, names: Iterable[str]) -> dict[str, bool]:
     symmetry the property checks read)."""
     steps = program.steps
     live = program.live_steps()
-    consumers: dict[int, list[tuple[int, int]]] = {}
-    for i in live:
-        for pos, j in enumerate(steps[i].args):
-            consumers.setdefault(j, []).append((i, pos))
+    consumers = _consumers(program, live)
     out: dict[str, bool] = {}
     for name in names:
         idx = program.inputs.get(name)
@@ -746,10 +752,7 @@ def unguarded_inputs(program: Any, dims: Mapping[str, int]) -> set[str]:
     env = program.concrete_sizes(dims)
     steps = program.steps
     live = program.live_steps()
-    consumers: dict[int, list[tuple[int, int]]] = {}
-    for i in live:
-        for pos, j in enumerate(steps[i].args):
-            consumers.setdefault(j, []).append((i, pos))
+    consumers = _consumers(program, live)
     views, partial = _input_views(program, live, env)
     outputs = set(program.outputs.values())
     reach = _reaches_output(program, live, consumers, outputs)

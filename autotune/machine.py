@@ -19,7 +19,7 @@ import subprocess
 import sys
 from typing import Any
 
-__all__ = ["cpu_threads", "machine_fingerprint"]
+__all__ = ["cpu_model", "cpu_threads", "machine_fingerprint"]
 
 
 def cpu_threads() -> int:
@@ -45,7 +45,8 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMBA_NUM_THREADS", "XLA_FLAGS", "PYTENSOR_FLAGS")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo, else what platform says)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -126,7 +127,7 @@ def machine_fingerprint() -> dict[str, Any]:
 
     gpus = _gpu_names()
     fp = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count() or 1,
         "usable_cores": cpu_threads(),
         "machine": platform.machine(),

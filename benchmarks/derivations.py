@@ -166,18 +166,13 @@ def _gflop(v: Any) -> str:
 
 def write(rows: list[dict[str, Any]], old: Path, new: Path, k: int, rounds: int,
           path: Path) -> None:
-    import platform
     import time
 
-    def rev(tree: Path) -> str:
-        out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True)
-        return (out.stdout.strip() or "?") + (" (+ working tree)" if dirty.stdout.strip() else "")
+    from autotune.machine import cpu_model
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
-                .splitlines() if ln.startswith("model name")), platform.processor())
+    from .checkouts import rev
+
+    cpu = cpu_model()
     lines = [
         "# Derivations: old and new code side by side",
         "",

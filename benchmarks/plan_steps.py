@@ -720,26 +720,16 @@ def table_lines(r: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def machine_meta(repeats: int, threads: str, argv: Sequence[str]) -> dict[str, Any]:
     import scipy.linalg  # noqa: F401 - its BLAS (the kernels') loaded, so that it is listed
     from threadpoolctl import threadpool_info
 
+    from autotune.machine import cpu_model
+
     blas = sorted({f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '')} "
                    f"({Path(i.get('filepath', '')).name})".replace("  ", " ")
                    for i in threadpool_info() if i.get("user_api") == "blas"})
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpu": _cpu_model(),
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_model(),
             "cores": os.cpu_count(), "blas": blas, "repeats": repeats, "threads": threads,
             "load": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "args": " ".join(argv)}
