@@ -220,7 +220,8 @@ class TunedFunction:
     """A compiled plan. Call with arrays by keyword (input names) or position."""
 
     def __init__(self, plan: Plan, check_finite: bool = True,
-                 check_properties: bool | str = True, heap: str | None = None):
+                 check_properties: bool | str = True, heap: str | None = None,
+                 donate: Sequence[str] = ()):
         from .derivation import derive
         from .lower import lower
         from .memory import check_heap_policy, set_heap_policy
@@ -274,6 +275,12 @@ class TunedFunction:
             raise PlanError(f"{where}: field 'params': the derived computation cannot be "
                             f"lowered to PyTensor ({self.dtype}): {_describe(exc)}; "
                             f"{retune_hint(c)}") from exc
+        donated = _check_donate(donate, self.problem)
+        if donated:
+            import pytensor
+
+            inputs = [pytensor.In(v, mutable=True) if name in donated else v
+                      for name, v in zip(self.problem.inputs, inputs, strict=True)]
         try:
             self._fn = compile_function(target, inputs, outputs)
         except Exception as exc:  # noqa: BLE001
@@ -281,6 +288,10 @@ class TunedFunction:
                             f"{target.name}: {_describe(exc)}") from exc
         self.input_names = list(self.problem.inputs)
         self.output_names = list(self.problem.outputs)
+        #: the donated inputs the compiled plan writes over (``load_plan(donate=...)``)
+        self.overwrites = _destroyed_inputs(self._fn, self.input_names) & donated
+        #: per output: True where it is stored as its lower triangle (``store = "lower"``)
+        self._lower_only = [self.problem.stored.get(n) == "lower" for n in self.output_names]
         self.shapes = {n: self.problem.shape_of(n, self.dims) for n in self.input_names}
         self._lock = threading.Lock()
         self._facts = {n: self.problem.declared(n) for n in self.input_names}
@@ -629,12 +640,31 @@ class TunedFunction:
                              f"[{band[0]}, {band[1]}]: {band[0]} sub- and {band[1]} "
                              "superdiagonals), but it has nonzeros outside it")
 
-    def _raise_first_nonfinite(self, values: Sequence[Any]) -> None:
+    def _unaliased(self, values: list[Any]) -> list[Any]:
+        """A donated input that shares memory with another input is copied first: the plan
+        would otherwise write over what it still reads."""
+        for i, name in enumerate(self.input_names):
+            if name in self.overwrites and any(
+                    j != i and np.may_share_memory(values[i], v) for j, v in enumerate(values)):
+                values[i] = values[i].copy()
+        return values
+
+    def _raise_first_nonfinite(self, values: Sequence[Any], after: bool = False) -> None:
         """Raise the 'not finite' error of the first of ``values`` (inputs in declared order)
-        holding a NaN or an infinity; return if none does."""
+        holding a NaN or an infinity; return if none does. ``after`` a call, an input the
+        plan wrote over (donated) holds a result: it is looked at last, and blamed only as
+        what it is."""
+        late = self.overwrites if after else set()
         for name, arr in zip(self.input_names, values, strict=False):
+            if name in late:
+                continue
             if self.shapes[name] and not self._checks.all_finite(arr, self._check_threads):
                 raise InputError(_not_finite(name))
+        for name in sorted(late):
+            raise InputError(
+                f"input {name}: the result is not finite and the other inputs are; {name} was "
+                "donated and the call wrote over it, so whether it held a NaN or an infinity "
+                "or the computation overflowed cannot be told (call without donate to find out)")
 
     def _diagnose(self, values: list[Any], cause: BaseException | None = None) -> None:
         """The outputs are not finite (or the call raised ``cause``): name the input to blame.
@@ -648,11 +678,11 @@ class TunedFunction:
 
         if self.check_finite:
             try:
-                self._raise_first_nonfinite(values)
+                self._raise_first_nonfinite(values, after=True)
             except InputError as exc:
                 raise exc from cause
         for name, arr in zip(self.input_names, values, strict=True):
-            if PD in self._facts[name]:
+            if PD in self._facts[name] and name not in self.overwrites:
                 try:
                     np.linalg.cholesky(arr)
                 except np.linalg.LinAlgError:
@@ -668,12 +698,18 @@ class TunedFunction:
         )
 
     def _outputs_finite(self, out: Sequence[np.ndarray]) -> bool:
-        finite = self._checks.all_finite
-        for o in out:
+        """Whether every output is finite where it is defined (an output stored as its lower
+        triangle: there only)."""
+        checks = self._checks
+        for o, lower_only in zip(out, self._lower_only, strict=True):
             if o.size <= SMALL_OUTPUT:  # a few elements: cheaper in Python than a kernel call
-                if not all(map(math.isfinite, o.ravel().tolist())):
+                part = np.tril(o) if lower_only else o
+                if not all(map(math.isfinite, part.ravel().tolist())):
                     return False
-            elif not finite(o, self._check_threads):
+            elif lower_only and o.ndim == 2:
+                if not checks.triangle_all_finite(o, True, self._check_threads):
+                    return False
+            elif not checks.all_finite(o, self._check_threads):
                 return False
         return True
 
@@ -708,6 +744,8 @@ class TunedFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Outputs:
         values = self._bind(args, kwargs)
+        if self.overwrites:
+            values = self._unaliased(values)
         try:
             with self._lock:
                 out = self._run(values)
@@ -728,7 +766,8 @@ class TunedFunction:
 
 
 def load_plan(path: str | Path, check_finite: bool = True,
-              check_properties: bool | str = True, heap: str | None = None) -> TunedFunction:
+              check_properties: bool | str = True, heap: str | None = None,
+              donate: Sequence[str] = ()) -> TunedFunction:
     """Load, verify and compile a plan; returns a callable.
 
     A plan that is damaged, foreign, or does not fit this autotune raises :class:`PlanError`
@@ -746,8 +785,49 @@ def load_plan(path: str | Path, check_finite: bool = True,
     every element would cost more, each call checks a window of rows that moves on at every
     call (consecutive calls cover the matrix; a property broken across the matrix is caught
     on the first call). ``"full"`` checks every element on every call; ``False`` none. The
-    outputs' finiteness (``check_finite``) is always checked in full."""
-    return TunedFunction(read_plan(path), check_finite, check_properties, heap)
+    outputs' finiteness (``check_finite``) is always checked in full.
+
+    ``donate``: inputs the plan may write over, as ``jax.jit(donate_argnums=...)`` or
+    SciPy's ``overwrite_b``: after a call their contents are unspecified. A kernel that
+    overwrites an operand (``?trmm`` writes ``L B`` over ``B``) then skips the copy it makes
+    to keep the caller's array intact; ``TunedFunction.overwrites`` says which donated
+    inputs the compiled plan does write over (a donated input no kernel can use is left as it
+    was). An output may share a donated input's memory."""
+    return TunedFunction(read_plan(path), check_finite, check_properties, heap, donate)
+
+
+def _check_donate(donate: Sequence[str], problem: Any) -> set[str]:
+    """The donated input names, checked: matrices of the problem, each named once."""
+    if isinstance(donate, str):
+        donate = [donate]
+    out: set[str] = set()
+    for name in donate:
+        spec = problem.inputs.get(name) if isinstance(name, str) else None
+        if spec is None or spec.is_scalar:
+            choices = ", ".join(n for n, s in problem.inputs.items() if not s.is_scalar)
+            raise InputError(f"donate: {name!r} is not a matrix input of {problem.name}; "
+                             f"valid: {choices}")
+        out.add(name)
+    return out
+
+
+def _destroyed_inputs(fn: Any, names: Sequence[str]) -> set[str]:
+    """The inputs (by name) some node of the compiled graph writes over."""
+    fgraph = fn.function.maker.fgraph
+    position = {v: i for i, v in enumerate(fgraph.inputs)}
+    handler = getattr(fgraph, "destroy_handler", None)
+    view_of = getattr(handler, "view_i", {})  # a view -> the variable it views
+    out: set[str] = set()
+    for node in fgraph.apply_nodes:
+        for idxs in getattr(node.op, "destroy_map", {}).values():
+            for k in idxs:
+                v = node.inputs[k]
+                while v in view_of:
+                    v = view_of[v]
+                i = position.get(v)
+                if i is not None and i < len(names):
+                    out.add(names[i])
+    return out
 
 
 def find_plan(problem: str, dims: Mapping[str, int] | None = None,

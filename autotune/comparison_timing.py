@@ -42,7 +42,8 @@ def measure_case(problem: Problem, overrides: Mapping[str, int], out: Path, thre
     case.tolerance = tolerance("float64", ref.condition, max(dims.values()))
     fns = build_variants(problem, dims, case, out, trials, tune_timeout, want, quiet, heap)
     case.min_flops = _min_flops(problem, dims)
-    _time_side_by_side(case, fns, args, ref.outputs, list(problem.outputs), repeats, seed,
+    _time_side_by_side(case, fns, args, ref.outputs, list(problem.outputs), problem.stored,
+                       repeats, seed,
                        dgemm_n, quiet)
     _set_limit(case, rate, dgemm_n, threads)
     return case
@@ -61,8 +62,9 @@ def _min_flops(problem: Problem, dims: dict[str, int]) -> float | None:
 
 
 def _time_side_by_side(case: Case, fns: dict[str, Function], args: list[Any],
-                       reference: Mapping[str, np.ndarray], names: list[str], repeats: int,
-                       seed: int, dgemm_n: int, quiet: bool) -> None:
+                       reference: Mapping[str, np.ndarray], names: list[str],
+                       stored: Mapping[str, str], repeats: int, seed: int, dgemm_n: int,
+                       quiet: bool) -> None:
     """Under the case's BLAS thread limit: one checked warm-up call per variant, then
     ``repeats`` interleaved rounds of every variant and a DGEMM."""
     from threadpoolctl import threadpool_limits
@@ -76,14 +78,14 @@ def _time_side_by_side(case: Case, fns: dict[str, Function], args: list[Any],
 
         jax_args = [jax.device_put(np.asarray(a)) for a in args]
     with threadpool_limits(limits=case.threads, user_api="blas"):
-        _warm_up_and_check(case, fns, args, jax_args, reference, names)
+        _warm_up_and_check(case, fns, args, jax_args, reference, names, stored)
         _log(quiet, f"{case.title}: timing {', '.join(fns)} ({repeats} rounds)")
         _timed_rounds(case, fns, args, jax_args, repeats, gemm)
 
 
 def _warm_up_and_check(case: Case, fns: dict[str, Function], args: list[Any],
                        jax_args: list[Any] | None, reference: Mapping[str, np.ndarray],
-                       names: list[str]) -> None:
+                       names: list[str], stored: Mapping[str, str]) -> None:
     """Call each variant once (compiling the lazy backends) and check its accuracy; a
     variant that fails is dropped from ``fns`` with the reason in its result."""
     for key in list(fns):
@@ -91,7 +93,7 @@ def _warm_up_and_check(case: Case, fns: dict[str, Function], args: list[Any],
         outs = None
         try:
             outs = fns[key](*(jax_args if key == "jax" else args))
-            res.error = max_relative_error(outs, reference, names)
+            res.error = max_relative_error(outs, reference, names, stored)
             res.ok = True
             if not res.error <= case.tolerance:
                 res.message = (f"relative error {res.error:.1e} above the tolerance "

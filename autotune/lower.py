@@ -73,7 +73,28 @@ def lower(
     except Exception as exc:  # a bug in lowering, reported with the step
         raise CompileError(f"lowering step %{i} ({program.steps[i].op}) failed: {exc}") from exc
     outputs = [values[program.outputs[name]] for name in problem.outputs]
+    if problem.stored:
+        outputs = _one_triangle_outputs(problem, program, outputs)
     return inputs, outputs
+
+
+def _one_triangle_outputs(problem: Problem, program: Program, outputs: list[Any]) -> list[Any]:
+    """Outputs stored as their lower triangle (``store = "lower"``): a kernel that computes
+    one triangle and mirrors it (SYRK, the symmetric product) skips the mirror, when nothing
+    else reads its result."""
+    used = [j for i in program.live_steps() for j in program.steps[i].args]
+    used += list(program.outputs.values())
+    out = list(outputs)
+    for k, name in enumerate(problem.outputs):
+        var = out[k]
+        node = var.owner
+        if problem.stored.get(name) != "lower" or node is None:
+            continue
+        if used.count(program.outputs[name]) != 1 or not getattr(node.op, "mirror", False):
+            continue
+        props = node.op._props_dict() | {"mirror": False}
+        out[k] = type(node.op)(**props)(*node.inputs)
+    return out
 
 
 def _lower_step(program: Program, i: int, v: dict[int, Any], env: Mapping[str, int], dtype: str):

@@ -218,7 +218,8 @@ def _verify_and_time(job, problem, target, fn, args, first, ref, tol, compile_s,
         with thread_limit(target):
             first = fn(*args)
     if first is not None:
-        _STATE[verified] = {name: relative_error(value, ref.outputs[name])
+        _STATE[verified] = {name: relative_error(value, ref.outputs[name],
+                                                 problem.stored.get(name, "full"))
                             for name, value in zip(problem.outputs, first, strict=True)}
     # else: the same compiled function on the same instance was checked already
     errors: dict[str, float] = dict(_STATE[verified]) if job.verify else {}

@@ -110,6 +110,9 @@ class Problem:
     origin: str = "<python>"  # file path or '<python>'
     #: dimension aliases: a name defined as exactly another dimension -> that dimension
     aliases: dict[str, str] = field(default_factory=dict)
+    #: outputs returned as one triangle (``store = "lower"``): name -> ``"lower"``. The other
+    #: triangle's contents are unspecified, as in LAPACK's symmetric storage.
+    stored: dict[str, str] = field(default_factory=dict)
 
     # -- identity ----------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -331,6 +334,7 @@ class Problem:
         description: str = "",
         search: Mapping[str, Any] | None = None,
         dtype: str = "float64",
+        stored: Mapping[str, str] | None = None,
     ) -> Problem:
         """Build a problem from SymPy matrix expressions.
 
@@ -338,6 +342,7 @@ class Problem:
         dimension symbols or integers; ``properties`` maps input symbols to property names;
         ``dims`` gives each dimension symbol its default value (or a formula string). The
         problem is serialized to the file format so that plans can store and re-derive it.
+        ``stored`` maps outputs returned as one triangle to their storage (``"lower"``).
         """
         from .formula import tokenize  # noqa: F401  (keeps the dependency explicit)
 
@@ -390,14 +395,30 @@ class Problem:
             else:
                 lines.append(f"{nm} = {{ shape = [], properties = {_toml_list(props)} }}")
         lines.append("\n[outputs]")
-        for nm, expr in outputs.items():
-            lines.append(f"{nm} = {_toml_str(_formula_text(expr))}")
+        lines += _output_lines(outputs, dict(stored or {}))
         text = "\n".join(lines) + "\n"
         if search:
             import tomli_w
 
             text += "\n" + tomli_w.dumps({"search": dict(search)})
         return parse_problem(text, origin=f"<from_sympy:{name}>")
+
+
+def _output_lines(outputs: Mapping[str, sp.Basic], stored: Mapping[str, str]) -> list[str]:
+    """``[outputs]`` of :meth:`Problem.from_sympy`: one line per output, a table for one
+    stored as a triangle."""
+    for nm in stored:
+        if nm not in outputs:
+            raise SpecError(f"from_sympy: stored: {nm!r} is not an output; outputs: "
+                            f"{', '.join(outputs)}")
+    lines = []
+    for nm, expr in outputs.items():
+        formula = _toml_str(_formula_text(expr))
+        if nm in stored:
+            lines.append(f"{nm} = {{ formula = {formula}, store = {_toml_str(stored[nm])} }}")
+        else:
+            lines.append(f"{nm} = {formula}")
+    return lines
 
 
 class _Names(Mapping[sp.Basic, str]):
@@ -569,7 +590,7 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
         iname: _parse_input(iname, spec, all_dims, aliases, default_sizes, origin)
         for iname, spec in raw_inputs.items()
     }
-    definitions, outputs = _parse_formula_tables(data, inputs, all_dims, origin)
+    definitions, outputs, stored = _parse_formula_tables(data, inputs, all_dims, origin)
     problem = Problem(
         name=name,
         description=description,
@@ -582,6 +603,7 @@ def parse_problem(text: str, origin: str = "<string>", fmt: str | None = None) -
         source=text,
         origin=origin,
         aliases=aliases,
+        stored=stored,
     )
     _validate_whole(problem, origin)
     return problem
@@ -698,10 +720,11 @@ def _parse_input(iname: str, spec: Any, all_dims: Mapping[str, Any],
 
 def _parse_formula_tables(data: Mapping[str, Any], inputs: Mapping[str, InputSpec],
                     all_dims: Mapping[str, Any], origin: str
-                    ) -> tuple[dict[str, str], dict[str, str]]:
-    """``[definitions]`` and ``[outputs]``, each name defined once."""
+                    ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """``[definitions]`` and ``[outputs]``, each name defined once, and the outputs stored
+    as one triangle."""
     definitions = _formula_table(data.get("definitions", {}), f"{origin}: [definitions]")
-    outputs = _formula_table(data.get("outputs", {}), f"{origin}: [outputs]")
+    outputs, stored = _output_table(data.get("outputs", {}), f"{origin}: [outputs]")
     if not outputs:
         raise SpecError(f"{origin}: [outputs] is empty; give at least one output formula")
     for nm in list(definitions) + list(outputs):
@@ -710,7 +733,42 @@ def _parse_formula_tables(data: Mapping[str, Any], inputs: Mapping[str, InputSpe
     for nm in definitions:
         if nm in outputs:
             raise SpecError(f"{origin}: {nm!r} is both a definition and an output")
-    return definitions, outputs
+    return definitions, outputs, stored
+
+
+#: How an output may be stored: ``full`` (the default) or ``lower``, a symmetric output's
+#: lower triangle only (the strict upper triangle is left unspecified, as LAPACK's ``uplo``).
+OUTPUT_STORES = ("full", "lower")
+_OUTPUT_FIELDS = ("formula", "store")
+
+
+def _output_table(raw: Any, where: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``[outputs]``: each a formula string, or a table ``{ formula = "...", store =
+    "lower" }``; returns the formulas and the outputs stored as one triangle."""
+    table = _expect_table(raw, where)
+    formulas: dict[str, str] = {}
+    stored: dict[str, str] = {}
+    for nm, entry in table.items():
+        _check_name(nm, f"{where}.{nm}")
+        if isinstance(entry, Mapping):
+            for key in entry:
+                if key not in _OUTPUT_FIELDS:
+                    raise SpecError(f"{where}.{nm}: unknown field {key!r}; valid: "
+                                    f"{', '.join(_OUTPUT_FIELDS)}")
+            if "formula" not in entry:
+                raise SpecError(f"{where}.{nm}: missing field 'formula'")
+            store = entry.get("store", "full")
+            if store not in OUTPUT_STORES:
+                raise SpecError(f"{where}.{nm}.store: {store!r} is not a storage; valid: "
+                                f"{', '.join(OUTPUT_STORES)}")
+            if store != "full":
+                stored[nm] = store
+            entry = entry["formula"]
+        if not isinstance(entry, str):
+            raise SpecError(f"{where}.{nm}: expected a formula string or a table with "
+                            f"'formula', got {entry!r}")
+        formulas[nm] = entry
+    return formulas, stored
 
 
 def _validate_whole(problem: Problem, origin: str) -> None:
@@ -722,12 +780,30 @@ def _validate_whole(problem: Problem, origin: str) -> None:
         values = problem.resolve_dims()  # dims formulas evaluate at the defaults
         _ = problem.expressions  # parse every formula now: errors surface at load time
         _check_indices(problem, values)
+        _check_stored(problem)
         validate_search(problem)
     except RecursionError:
         raise SpecError(
             f"{origin}: the formulas are nested too deeply to analyse; split them into "
             "[definitions]"
         ) from None
+
+
+def _check_stored(problem: Problem) -> None:
+    """An output stored as one triangle is square and symmetric (by the project's own
+    inference: the declared properties and the formula's structure)."""
+    if not problem.stored:
+        return
+    from .properties import SYMMETRIC
+
+    fb = problem.facts()
+    for nm in problem.stored:
+        expr = problem.expressions[nm]
+        if expr.shape[0] != expr.shape[1] or SYMMETRIC not in fb.facts(expr):
+            raise SpecError(f"{problem.origin}: outputs.{nm}.store: 'lower' stores one "
+                            f"triangle of a symmetric matrix, and {nm} = "
+                            f"{_short_text(problem.outputs[nm])} is not known to be symmetric; "
+                            "use store = 'full'")
 
 
 def _check_indices(problem: Problem, values: Mapping[str, int]) -> None:

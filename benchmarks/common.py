@@ -171,7 +171,8 @@ class Case:
     def error(self, fn) -> float:
         from autotune.compare import max_relative_error
 
-        return max_relative_error(fn(*self.args), self.reference, self.outputs)
+        return max_relative_error(fn(*self.args), self.reference, self.outputs,
+                                  self.problem.stored)
 
     def ratio(self, slow, fast, rounds: int = 5) -> float:
         """median(slow) / median(fast), timed interleaved in this process."""

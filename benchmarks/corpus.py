@@ -264,7 +264,7 @@ def build_calls(on: Any, off: Any, x: Mapping[str, Any]) -> dict[str, Callable[[
 
 
 def check_call(fn: Callable[[], Any], outputs: Sequence[str], ref: Mapping[str, np.ndarray],
-               tol: float) -> tuple[float, str]:
+               tol: float, stored: Mapping[str, str] | None = None) -> tuple[float, str]:
     """``(relative error, why it is wrong or "")`` of one call of ``fn``."""
     from autotune.reference import relative_error
 
@@ -272,7 +272,9 @@ def check_call(fn: Callable[[], Any], outputs: Sequence[str], ref: Mapping[str, 
         got = fn()
     except Exception as exc:  # noqa: BLE001 - a variant that fails is reported
         return float("inf"), f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}"[:400]
-    err = max(relative_error(np.asarray(o), ref[n]) for n, o in zip(outputs, got, strict=True))
+    stored = stored or {}
+    err = max(relative_error(np.asarray(o), ref[n], stored.get(n, "full"))
+              for n, o in zip(outputs, got, strict=True))
     if err <= tol:
         return err, ""
     return err, f"relative error {err:.1e} above the tolerance {tol:.1e}"
@@ -336,7 +338,7 @@ def measure_problem(row: dict[str, Any], opts: argparse.Namespace, allowed: set[
     row["errors"], row["wrong"] = {}, {}
     with threadpool_limits(limits=threads, user_api="blas"):
         for key in list(calls):  # the check call is each variant's warm-up
-            err, why = check_call(calls[key], outputs, ref.outputs, tol)
+            err, why = check_call(calls[key], outputs, ref.outputs, tol, on.problem.stored)
             row["errors"][key] = err
             if why:
                 row["wrong"][key] = why

@@ -265,6 +265,9 @@ class LaabTest:
     extra: bool = False  # not one of the 17 published tests
     label: str = ""  # a note shown with the test (how it is written here)
     plan_post: Callable[[Sequence[np.ndarray]], Any] | None = None  # after the plan call
+    #: inputs the plan is loaded to write over (``load_plan(donate=...)``) where LAAB's t+
+    #: overwrites them too; like t+'s, they are copied before the clock starts
+    donate: tuple[str, ...] = ()
 
     @property
     def problem_file(self) -> Path:
@@ -306,7 +309,8 @@ TESTS: tuple[LaabTest, ...] = (
         _trmm_inputs, lambda L, B: L @ B,
         Reference(trmm_left_lower, prepare=lambda L, B: {"L": L, "b": B.copy()}),
         t_minus=Reference(lambda L, B: gemm(L, B)),
-        t_minus_text="sgemm (LAAB: R+mm_sgemm)"),
+        t_minus_text="sgemm (LAAB: R+mm_sgemm)", donate=("B",),
+        label="the plan is loaded with donate=['B']: as t⁺ (strmm), it writes L B over B"),
     LaabTest(
         "mm_syrk", "SYRK AAᵀ", "A@transpose(A)", "ssyrk (one triangle)",
         _square("A"), lambda A: A @ A.T,
@@ -678,14 +682,14 @@ def tune(test: LaabTest, n: int, trials: int, timeout: float, plans: Path,
     return path, "ok"
 
 
-def load(path: Path, heap: str | None = None) -> tuple[Any, str]:
+def load(path: Path, heap: str | None = None, donate: Sequence[str] = ()) -> tuple[Any, str]:
     """The plan as a user loads it (checks on): (TunedFunction, "ok") or (None, why)."""
     import autotune
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", autotune.PlanWarning)
-            return autotune.load_plan(path, heap=heap), "ok"
+            return autotune.load_plan(path, heap=heap, donate=donate), "ok"
     except Exception as exc:  # noqa: BLE001 - any failure is the test's status
         return None, f"plan does not load: {type(exc).__name__}: {' '.join(str(exc).split())}"
 
@@ -776,12 +780,16 @@ def variants(test: LaabTest, inputs: Arrays, plan: Any | None,
         names = list(plan.input_names)
         plan_args = {k: inputs[k] for k in names}
         post = test.plan_post
+        donated = set(test.donate)
+
+        def plan_prepare() -> dict[str, np.ndarray]:
+            return {k: (v.copy() if k in donated else v) for k, v in plan_args.items()}
 
         def call_plan(a: dict[str, np.ndarray]) -> Any:
             res = plan(**a)
             return post(res) if post is not None else (res[0] if len(res) == 1 else tuple(res))
 
-        out.append(Variant("autotune", lambda: plan_args, call_plan))
+        out.append(Variant("autotune", plan_prepare, call_plan))
     tp, tm = test.t_plus, test.t_minus
     out.append(Variant("t+", lambda: tp.prepared(inputs), lambda a: call_with(tp.run, a)))
     if tm is not None:
@@ -828,6 +836,8 @@ def run_test(test: LaabTest, n: int, reps: int, plan: Any | None, scrub: Callabl
     inputs = test.make_inputs(n, np.random.default_rng(seed), np.float32)
     vs, result.skipped = variants(test, inputs, plan, frameworks)
     want = call_with(test.as_written, inputs)
+    # a plan whose output is stored as its lower triangle (store = "lower") defines only that
+    stored = plan is not None and "lower" in plan.problem.stored.values()
     good = []
     for v in vs:  # one untimed call each: compiles (JAX), warms up, checks the result
         try:
@@ -840,7 +850,10 @@ def run_test(test: LaabTest, n: int, reps: int, plan: Any | None, scrub: Callabl
         ref = {"t+": test.t_plus, "t-": test.t_minus}.get(v.name)
         if ref is not None and ref.part is not None:
             got = ref.part(got)
-        why = _mismatch(got, want, ref.triangle if ref is not None else None)
+        triangle = ref.triangle if ref is not None else None
+        if v.name == "autotune" and stored:
+            triangle = "lower"
+        why = _mismatch(got, want, triangle)
         if why and v.name in COLUMNS:
             result.wrong[v.name] = why
             continue
@@ -971,7 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, status = tuned[t.key]
             plan = None
             if path is not None:
-                plan, status = load(path, args.heap)
+                plan, status = load(path, args.heap, t.donate)
             r = run_test(t, args.n, args.reps, plan, scrub, frameworks, args.seed)
             if plan is not None:
                 r.plan_path = str(path)

@@ -117,7 +117,9 @@ _SYM_PRODUCT_MAX_BLOCKS = 8
 
 
 class SymRankK(Op):
-    """Symmetric rank-k update ``alpha * a.T @ a + beta * c`` (full symmetric ``(n, n)`` result).
+    """Symmetric rank-k update ``alpha * a.T @ a + beta * c`` (full symmetric ``(n, n)`` result;
+    with ``mirror=False`` only its lower triangle is written, the strict upper triangle is left
+    unspecified: an output stored as one triangle, ``store = "lower"``).
 
     Inputs are ``(a,)`` when ``has_c`` is false and ``(a, c)`` otherwise; ``a`` and ``c`` must have
     the same float dtype (float32 or float64), which is also the output dtype. ``alpha`` and
@@ -125,9 +127,10 @@ class SymRankK(Op):
     inputs to a common float dtype.
     """
 
-    __props__ = ("alpha", "beta", "has_c")
+    __props__ = ("alpha", "beta", "has_c", "mirror")
 
-    def __init__(self, alpha: float = 1.0, beta: float = 0.0, has_c: bool = False):
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, has_c: bool = False,
+                 mirror: bool = True):
         alpha = float(alpha)
         beta = float(beta) if has_c else 0.0
         if not (math.isfinite(alpha) and math.isfinite(beta)):
@@ -135,11 +138,14 @@ class SymRankK(Op):
         self.alpha = alpha
         self.beta = beta
         self.has_c = bool(has_c)
+        self.mirror = bool(mirror)
 
     def __str__(self) -> str:
         expr = f"{self.alpha!r} * a.T @ a"
         if self.has_c:
             expr += f" + {self.beta!r} * c"
+        if not self.mirror:
+            expr += ", lower triangle"
         return f"{type(self).__name__}{{{expr}}}"
 
     def make_node(self, a, c=None):
@@ -232,6 +238,9 @@ class SymRankK(Op):
                     buf_f[...] = res
                 out = buf
         # The lower triangle of `out` (in its own indexing) holds the result.
+        if not self.mirror:
+            output_storage[0][0] = out
+            return
         mirror_lower_to_upper(out)
         # `out` is exactly symmetric, so its transpose is the same matrix, C-contiguous.
         output_storage[0][0] = out.T if out.flags.f_contiguous else out
@@ -281,7 +290,7 @@ class SymProduct(Op):
     the inputs to a common float dtype.
     """
 
-    __props__ = ("alpha", "beta", "has_c", "blocks")
+    __props__ = ("alpha", "beta", "has_c", "blocks", "mirror")
 
     def __init__(
         self,
@@ -289,6 +298,7 @@ class SymProduct(Op):
         beta: float = 0.0,
         has_c: bool = False,
         blocks: int | None = None,
+        mirror: bool = True,
     ):
         alpha = float(alpha)
         beta = float(beta) if has_c else 0.0
@@ -304,6 +314,7 @@ class SymProduct(Op):
         self.beta = beta
         self.has_c = bool(has_c)
         self.blocks = blocks
+        self.mirror = bool(mirror)
 
     def __str__(self) -> str:
         expr = f"{self.alpha!r} * a @ b"
@@ -311,6 +322,8 @@ class SymProduct(Op):
             expr += f" + {self.beta!r} * c"
         if self.blocks is not None:
             expr += f", blocks={self.blocks}"
+        if not self.mirror:
+            expr += ", lower triangle"
         return f"{type(self).__name__}{{{expr}}}"
 
     def make_node(self, a, b, c=None):
@@ -397,7 +410,7 @@ class SymProduct(Op):
                 blk[:, r0:] += self.beta * np.tril(c[r0:r1, r0:r1])
         # The lower triangle holds the result; the computed upper entries of the diagonal blocks
         # are overwritten too, so the result is exactly symmetric.
-        output_storage[0][0] = mirror_lower_to_upper(out)
+        output_storage[0][0] = mirror_lower_to_upper(out) if self.mirror else out
 
     def pullback(self, inputs, outputs, cotangents):
         return [
@@ -477,8 +490,9 @@ def _numba_xsyrk(dtype: str):
 
 
 
-def _syrk_full(a, out, alpha, beta):
-    """``out := alpha * a.T @ a + beta * out`` (lower triangle of out read), full symmetric result.
+def _syrk_full(a, out, alpha, beta, mirror):
+    """``out := alpha * a.T @ a + beta * out`` (lower triangle of out read), full symmetric result
+    (only the lower triangle when ``mirror`` is false).
 
     Numba-only (overloaded); ``out`` must be C-contiguous ``(n, n)`` of ``a``'s dtype.
     """
@@ -486,7 +500,7 @@ def _syrk_full(a, out, alpha, beta):
 
 
 @overload(_syrk_full)
-def _syrk_full_impl(a, out, alpha, beta):
+def _syrk_full_impl(a, out, alpha, beta, mirror):
     dtype = str(a.dtype)
     if dtype not in _FLOAT_DTYPES or str(out.dtype) != dtype:
         raise numba.TypingError(f"_syrk_full: unsupported dtypes {a.dtype}, {out.dtype}")
@@ -494,7 +508,7 @@ def _syrk_full_impl(a, out, alpha, beta):
     scalar = np.float32 if dtype == "float32" else np.float64
     int32_max = _INT32_MAX
 
-    def impl(a, out, alpha, beta):
+    def impl(a, out, alpha, beta, mirror):
         # `out` (C-contiguous) is out.T to Fortran; uplo='U' on out.T is the lower triangle of
         # `out`. The product is symmetric, so whether BLAS sees out or out.T does not matter.
         k, n = a.shape
@@ -538,7 +552,8 @@ def _syrk_full_impl(a, out, alpha, beta):
             out.ctypes,
             _val_to_ptr(np.int32(n)),
         )
-        _numba_mirror_lower_to_upper(out)
+        if mirror:
+            _numba_mirror_lower_to_upper(out)
 
     return impl
 
@@ -550,6 +565,7 @@ def numba_funcify_SymRankK(op, node, **kwargs):
     alpha = op.alpha
     beta = op.beta
     use_c = op.has_c and op.beta != 0.0
+    mirror = op.mirror
 
     if op.has_c:
 
@@ -561,9 +577,9 @@ def numba_funcify_SymRankK(op, node, **kwargs):
             out = _alloc_square(n, a)
             if use_c:
                 out[:] = c
-                _syrk_full(a, out, alpha, beta)
+                _syrk_full(a, out, alpha, beta, mirror)
             else:
-                _syrk_full(a, out, alpha, 0.0)
+                _syrk_full(a, out, alpha, 0.0, mirror)
             return out
 
     else:
@@ -571,10 +587,10 @@ def numba_funcify_SymRankK(op, node, **kwargs):
         @numba_basic.numba_njit
         def sym_rank_k_numba(a):
             out = _alloc_square(a.shape[1], a)
-            _syrk_full(a, out, alpha, 0.0)
+            _syrk_full(a, out, alpha, 0.0, mirror)
             return out
 
-    cache_version = 5
+    cache_version = 6
     return sym_rank_k_numba, cache_version
 
 
@@ -590,7 +606,7 @@ def _numba_n_blocks(blocks, k):
 
 
 
-def _sym_gemm_lower(a, b, out, alpha, beta, nb):
+def _sym_gemm_lower(a, b, out, alpha, beta, nb, mirror):
     """Lower triangle of ``out := alpha * a @ b + beta * out`` by ``nb`` row-block GEMMs, then the
     mirror onto the upper triangle (the strict upper triangle of ``out`` is not read).
 
@@ -601,7 +617,7 @@ def _sym_gemm_lower(a, b, out, alpha, beta, nb):
 
 
 @overload(_sym_gemm_lower)
-def _sym_gemm_lower_impl(a, b, out, alpha, beta, nb):
+def _sym_gemm_lower_impl(a, b, out, alpha, beta, nb, mirror):
     dtype = str(a.dtype)
     if dtype not in _FLOAT_DTYPES or str(b.dtype) != dtype or str(out.dtype) != dtype:
         raise numba.TypingError(
@@ -611,7 +627,7 @@ def _sym_gemm_lower_impl(a, b, out, alpha, beta, nb):
     scalar = np.float32 if dtype == "float32" else np.float64
     int32_max = _INT32_MAX
 
-    def impl(a, b, out, alpha, beta, nb):
+    def impl(a, b, out, alpha, beta, nb, mirror):
         k, n = a.shape
         if k == 0:
             return
@@ -649,7 +665,8 @@ def _sym_gemm_lower_impl(a, b, out, alpha, beta, nb):
                     out[r0:].ctypes,
                     _val_to_ptr(np.int32(k)),
                 )
-        _numba_mirror_lower_to_upper(out)
+        if mirror:
+            _numba_mirror_lower_to_upper(out)
 
     return impl
 
@@ -661,6 +678,7 @@ def numba_funcify_SymProduct(op, node, **kwargs):
     beta = op.beta
     use_c = op.has_c and op.beta != 0.0
     blocks = 0 if op.blocks is None else op.blocks  # 0: the default rule, at run time
+    mirror = op.mirror
 
     if op.has_c:
 
@@ -675,9 +693,9 @@ def numba_funcify_SymProduct(op, node, **kwargs):
             nb = _numba_n_blocks(blocks, k)
             if use_c:
                 _numba_copy_lower(c, out)
-                _sym_gemm_lower(a, b, out, alpha, beta, nb)
+                _sym_gemm_lower(a, b, out, alpha, beta, nb, mirror)
             else:
-                _sym_gemm_lower(a, b, out, alpha, 0.0, nb)
+                _sym_gemm_lower(a, b, out, alpha, 0.0, nb, mirror)
             return out
 
     else:
@@ -688,10 +706,10 @@ def numba_funcify_SymProduct(op, node, **kwargs):
             if b.shape[0] != n or b.shape[1] != k:
                 raise ValueError("SymProduct: `b` must have shape (n, k) for `a` of shape (k, n)")
             out = _alloc_square(k, a)
-            _sym_gemm_lower(a, b, out, alpha, 0.0, _numba_n_blocks(blocks, k))
+            _sym_gemm_lower(a, b, out, alpha, 0.0, _numba_n_blocks(blocks, k), mirror)
             return out
 
-    cache_version = 3
+    cache_version = 4
     return sym_product_numba, cache_version
 
 

@@ -59,22 +59,23 @@ from .blas import (
     _val_to_ptr,
     like_b_node,
 )
+from .inplace import Overwrites
 
 __all__ = ["TriangularMatMul", "TriangularSolve", "trmm"]
 
 SIDES = ("left", "right")
 
 
-class TriangularMatMul(Op):
+class TriangularMatMul(Overwrites, Op):
     """``alpha * op(tri(a)) @ b`` (``side='left'``) or ``alpha * b @ op(tri(a))`` (``'right'``),
     ``tri(a)`` the ``lower`` (else upper) triangle of the square ``a``, ``op`` the transpose when
     ``trans``. Inputs ``(a, b)`` of the same float dtype (float32 or float64), also the output
     dtype. Use :func:`trmm` to build nodes: it casts the inputs to a common float dtype."""
 
-    __props__ = ("lower", "trans", "side", "alpha")
+    __props__ = ("lower", "trans", "side", "alpha", "inplace")
 
     def __init__(self, lower: bool = True, trans: bool = False, side: str = "left",
-                 alpha: float = 1.0):
+                 alpha: float = 1.0, inplace: bool = False):
         if side not in SIDES:
             raise ValueError(f"TriangularMatMul: side must be 'left' or 'right', got {side!r}")
         alpha = float(alpha)
@@ -84,13 +85,25 @@ class TriangularMatMul(Op):
         self.trans = bool(trans)
         self.side = side
         self.alpha = alpha
+        #: the result overwrites ``b`` (a donated input: ``load_plan(..., donate=...)``)
+        self.inplace = bool(inplace)
+        if self.inplace:
+            self.destroy_map = {0: [1]}
+
+    #: the input whose memory the in-place form writes its result into
+    overwrites = 1
+
+    def in_place(self) -> TriangularMatMul:
+        """The same product written over ``b`` (:mod:`autotune.kernels.inplace`)."""
+        return type(self)(self.lower, self.trans, self.side, self.alpha, inplace=True)
 
     def __str__(self) -> str:
         tri = "tril(a)" if self.lower else "triu(a)"
         if self.trans:
             tri += ".T"
         expr = f"{tri} @ b" if self.side == "left" else f"b @ {tri}"
-        return f"{type(self).__name__}{{{self.alpha!r} * {expr}}}"
+        where = ", in place of b" if self.inplace else ""
+        return f"{type(self).__name__}{{{self.alpha!r} * {expr}{where}}}"
 
     def make_node(self, a, b):
         name = type(self).__name__
@@ -135,6 +148,10 @@ class TriangularMatMul(Op):
         out = tri @ b if self.side == "left" else b @ tri
         if self.alpha != 1.0:
             out *= self.alpha
+        if self.inplace and b.dtype == dtype and b.flags.writeable:
+            b[...] = out
+            output_storage[0][0] = b
+            return
         output_storage[0][0] = np.asarray(out, dtype=dtype)
 
     def pullback(self, inputs, outputs, cotangents):
@@ -237,6 +254,8 @@ def _trmm_inplace_impl(a, out, lower, trans, left, alpha):
 @register_funcify_default_op_cache_key(TriangularMatMul)
 def numba_funcify_TriangularMatMul(op, node, **kwargs):
     lower, trans, left, alpha = op.lower, op.trans, op.side == "left", op.alpha
+    if op.inplace:
+        return _numba_trmm_in_place(lower, trans, left, alpha), 1
 
     @numba_basic.numba_njit
     def trmm_numba(a, b):
@@ -255,12 +274,34 @@ def numba_funcify_TriangularMatMul(op, node, **kwargs):
     return trmm_numba, cache_version
 
 
+def _numba_trmm_in_place(lower: bool, trans: bool, left: bool, alpha: float):
+    """The in-place TRMM: the result is written over ``b`` (no copy when ``b`` is
+    C-contiguous, as a donated input is; otherwise through a contiguous copy)."""
+
+    @numba_basic.numba_njit
+    def trmm_numba_inplace(a, b):
+        m = a.shape[0]
+        if a.shape[1] != m or (b.shape[0] if left else b.shape[1]) != m:
+            raise ValueError("TriangularMatMul: `a` must be square and fit `b`")
+        if alpha == 0.0:  # b is not referenced, as in BLAS
+            b[:] = 0.0
+        elif b.flags.c_contiguous:
+            _trmm_inplace(a, b, lower, trans, left, alpha)
+        else:
+            tmp = np.ascontiguousarray(b)
+            _trmm_inplace(a, tmp, lower, trans, left, alpha)
+            b[:] = tmp
+        return b
+
+    return trmm_numba_inplace
+
+
 # --------------------------------------------------------------------------------------------
 # The triangular solve (BLAS ``xTRSM``)
 # --------------------------------------------------------------------------------------------
 
 
-class TriangularSolve(Op):
+class TriangularSolve(Overwrites, Op):
     """``tri(a)^-1 @ b``: PyTensor's ``SolveTriangular`` (``b_ndim=2``) by one BLAS ``?trsm``.
 
     ``a`` is square ``(m, m)`` of which only the ``lower`` (else upper) triangle is read (unit
@@ -274,14 +315,30 @@ class TriangularSolve(Op):
     entries (no check, as in BLAS).
     """
 
-    __props__ = ("lower", "unit_diagonal", "side")
+    __props__ = ("lower", "unit_diagonal", "side", "inplace")
 
-    def __init__(self, lower: bool = True, unit_diagonal: bool = False, side: str = "left"):
+    def __init__(self, lower: bool = True, unit_diagonal: bool = False, side: str = "left",
+                 inplace: bool = False):
         if side not in SIDES:
             raise ValueError(f"TriangularSolve: side must be 'left' or 'right', got {side!r}")
         self.lower = bool(lower)
         self.unit_diagonal = bool(unit_diagonal)
         self.side = side
+        #: the solution overwrites ``b`` (free to destroy: :mod:`autotune.kernels.inplace`)
+        self.inplace = bool(inplace)
+        if self.inplace:
+            self.destroy_map = {0: [1]}
+
+    overwrites = 1
+
+    def in_place(self) -> TriangularSolve:
+        """The same solve written over ``b``."""
+        return type(self)(self.lower, self.unit_diagonal, self.side, inplace=True)
+
+    def __str__(self) -> str:
+        where = ", in place of b" if self.inplace else ""
+        return (f"{type(self).__name__}{{lower={self.lower}, unit_diagonal="
+                f"{self.unit_diagonal}, side={self.side}{where}}}")
 
     def make_node(self, a, b):
         return like_b_node(self, a, b)
@@ -299,7 +356,12 @@ class TriangularSolve(Op):
         else:
             x = scipy.linalg.solve_triangular(a, b, lower=self.lower,
                                               unit_diagonal=self.unit_diagonal)
-        output_storage[0][0] = np.ascontiguousarray(x, dtype=node.outputs[0].type.dtype)
+        dtype = node.outputs[0].type.dtype
+        if self.inplace and b.dtype == dtype and b.flags.writeable:
+            b[...] = x
+            output_storage[0][0] = b
+            return
+        output_storage[0][0] = np.ascontiguousarray(x, dtype=dtype)
 
     def pullback(self, inputs, outputs, cotangents):
         return [grad_not_implemented(self, i, inp, "TriangularSolve has no gradient")
@@ -365,6 +427,8 @@ def _trsm_inplace_impl(a, out, lower, unit, left):
 @register_funcify_default_op_cache_key(TriangularSolve)
 def numba_funcify_TriangularSolve(op, node, **kwargs):
     lower, unit, left = op.lower, op.unit_diagonal, op.side == "left"
+    if op.inplace:
+        return _numba_trsm_in_place(lower, unit, left), 1
 
     @numba_basic.numba_njit
     def trsm_numba(a, b):
@@ -380,6 +444,26 @@ def numba_funcify_TriangularSolve(op, node, **kwargs):
     return trsm_numba, cache_version
 
 
+def _numba_trsm_in_place(lower: bool, unit: bool, left: bool):
+    """The in-place TRSM: the solution is written over ``b`` (through a contiguous copy when
+    ``b`` is not C-contiguous)."""
+
+    @numba_basic.numba_njit
+    def trsm_numba_inplace(a, b):
+        m = a.shape[0]
+        if a.shape[1] != m or (b.shape[0] if left else b.shape[1]) != m:
+            raise ValueError("TriangularSolve: `a` must be square and fit `b`")
+        if b.flags.c_contiguous:
+            _trsm_inplace(a, b, lower, unit, left)
+        else:
+            tmp = np.ascontiguousarray(b)
+            _trsm_inplace(a, tmp, lower, unit, left)
+            b[:] = tmp
+        return b
+
+    return trsm_numba_inplace
+
+
 @node_rewriter([SolveTriangular])
 def local_solve_triangular_to_trsm(fgraph, node):
     """``SolveTriangular`` of a matrix right-hand side -> :class:`TriangularSolve` (Numba)."""
@@ -390,14 +474,16 @@ def local_solve_triangular_to_trsm(fgraph, node):
     if not (a.type.dtype == b.type.dtype == out.type.dtype and out.type.dtype in _FLOAT_DTYPES):
         return None
     lower, unit = node.op.lower, node.op.unit_diagonal
+    # PyTensor's in-place pass has already decided whether b is free to write over
+    inplace = bool(getattr(node.op, "destroy_map", None))
     if b.owner is not None and isinstance(b.owner.op, DimShuffle) \
             and b.owner.op.new_order == (1, 0):
         # tri(a)^-1 @ B.T = (B @ tri(a)^-T).T: B (C-ordered, as a program's values are) is
         # copied as it is and solved from the right, where copying B.T would transpose it
-        new = TriangularSolve(lower=not lower, unit_diagonal=unit, side="right")(
-            a.T, b.owner.inputs[0]).T
+        new = TriangularSolve(lower=not lower, unit_diagonal=unit, side="right",
+                              inplace=inplace)(a.T, b.owner.inputs[0]).T
     else:
-        new = TriangularSolve(lower=lower, unit_diagonal=unit)(a, b)
+        new = TriangularSolve(lower=lower, unit_diagonal=unit, inplace=inplace)(a, b)
     if new.type != out.type:
         return None
     copy_stack_trace(out, new)
