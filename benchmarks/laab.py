@@ -317,7 +317,8 @@ TESTS: tuple[LaabTest, ...] = (
         Reference(syrk_lower, prepare=lambda A: {"a": A, "out": np.zeros_like(A)},
                   triangle="lower"),
         t_minus=Reference(lambda A: gemm(A, A, tb=True)),
-        t_minus_text="sgemm (LAAB: R+mm_sgemm)"),
+        t_minus_text="sgemm (LAAB: R+mm_sgemm)",
+        label="the output is declared store = 'lower': as t⁺ (ssyrk), one triangle"),
     LaabTest(
         "mm_tridiag", "tridiagonal TB", "T@B", "CSR (banded) product, O(n²)",
         _tridiag_inputs, lambda Tri, B: Tri @ B,
