@@ -7,7 +7,7 @@ compute it, compiles and verifies each, measures, searches, and stores the best 
 from __future__ import annotations
 
 # first, before numpy or scipy load their OpenBLAS copies: thread-pool settings and BLAS flags
-from .targets import configure_environment as _configure_environment
+from .blas_setup import configure_environment as _configure_environment
 
 _configure_environment()
 

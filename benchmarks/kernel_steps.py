@@ -15,7 +15,7 @@ LAPACK overwrites), under the same thread limit. Calls are interleaved (step, re
 
 Run from the repository root (default n = 2000, a few minutes; ``--quick``: n = 500)::
 
-    OPENBLAS_THREAD_TIMEOUT=1 python benchmarks/kernel_steps.py [--quick] [--n N]
+    OPENBLAS_THREAD_TIMEOUT=12 python benchmarks/kernel_steps.py [--quick] [--n N]
 
 writes ``results/KERNEL_STEPS.md``. On a shared machine the figures are noisy: compare them
 between runs, not to a tolerance.

@@ -29,7 +29,7 @@ arrays), the SciPy expert of the problem (:data:`autotune.experts.EXPERTS`), one
 n x n x n (the GEMM rate of the physical limit, measured in the same rounds) and every step's
 call once; all under the same thread limit (the plan's thread count, or 1 with ``--threads 1``,
 for which the plan is re-targeted to ``<backend>-t1``), with the plan's heap policy (process-wide,
-applied by ``load_plan``) and ``OPENBLAS_THREAD_TIMEOUT=1``. Figures are medians over
+applied by ``load_plan``) and autotune's ``OPENBLAS_THREAD_TIMEOUT``. Figures are medians over
 ``--repeats`` rounds after one warm-up round. The goal of the issue "Pay only for the
 computation": the plan within 1.05x the sum of its kernels, and significantly faster than the
 expert by LAAB's rule (:mod:`autotune.stats`).
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from autotune.targets import configure_environment
 
-configure_environment()  # before numpy's OpenBLAS loads: OPENBLAS_THREAD_TIMEOUT=1
+configure_environment()  # before numpy's OpenBLAS loads: OPENBLAS_THREAD_TIMEOUT
 
 import argparse  # noqa: E402
 import ctypes  # noqa: E402

@@ -12,7 +12,7 @@ a context: nothing global is set):
 Every timing is the median of ``--repeats`` calls, interleaved (one call of each variant per
 round) so that drift in the machine's speed hits all variants alike. Run from the repository root::
 
-    OPENBLAS_THREAD_TIMEOUT=1 python benchmarks/sym_product.py [--sizes 2000x4000,500x1000]
+    OPENBLAS_THREAD_TIMEOUT=12 python benchmarks/sym_product.py [--sizes 2000x4000,500x1000]
 
 The numbers chose the default of :func:`autotune.kernels.sym_product_blocks`.
 """

@@ -65,7 +65,7 @@ for line in sys.stdin:
 
 class Worker:
     def __init__(self, tree: Path, plan: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(tree), "OPENBLAS_THREAD_TIMEOUT": "1"}
+        env = {**os.environ, "PYTHONPATH": str(tree), "OPENBLAS_THREAD_TIMEOUT": "12"}
         self.proc = subprocess.Popen([sys.executable, "-c", WORKER, plan], cwd=tree, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -119,7 +119,7 @@ def tune(tree: Path, problem: str, n: str, out: Path, trials: int, timeout: floa
     import time
 
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(tree), "OPENBLAS_THREAD_TIMEOUT": "1"}
+    env = {**os.environ, "PYTHONPATH": str(tree), "OPENBLAS_THREAD_TIMEOUT": "12"}
     cmd = [sys.executable, "-c", "from autotune.cli import main; main()", "run", "--problem",
            problem, "--n", n, "--trials", str(trials), "--timeout", str(timeout),
            "--out", str(out), "--quiet"]

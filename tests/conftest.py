@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # Idle OpenBLAS threads must not keep a short test run alive (or spin while Hypothesis runs).
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
 
 from pathlib import Path  # noqa: E402
 

@@ -410,8 +410,8 @@ def test_configure_environment_sets_defaults_and_respects_user(monkeypatch):
     monkeypatch.setenv("KMP_BLOCKTIME", "200")
     monkeypatch.setenv("PYTENSOR_FLAGS", os.environ.get("PYTENSOR_FLAGS", ""))
     changed = T.configure_environment()
-    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "1"
-    assert changed["OPENBLAS_THREAD_TIMEOUT"] == "1"
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "12"
+    assert changed["OPENBLAS_THREAD_TIMEOUT"] == "12"
     assert os.environ["KMP_BLOCKTIME"] == "200" and "KMP_BLOCKTIME" not in changed
     assert "PYTENSOR_FLAGS" not in changed  # pytensor is already imported here
     assert T.configure_environment() == {}  # idempotent
@@ -441,8 +441,33 @@ def test_configure_environment_runs_before_numpy(tmp_path):
     assert res.returncode == 0, res.stderr
     first, second = res.stdout.splitlines()
     timeout, flags = first.split(" ", 1) if " " in first else (first, "")
-    assert timeout == "1"
+    assert timeout == "12"
     assert ("blas__ldflags=-lopenblas" in flags) == (second == "True")
+
+
+def test_the_thread_settings_are_in_place_before_numpy_loads_its_openblas():
+    """``import autotune`` sets OPENBLAS_THREAD_TIMEOUT before anything imports numpy: numpy's
+    OpenBLAS reads it once, when loaded (were it loaded first, its threads would spin at the
+    default 2^28 cycles against scipy's copy)."""
+    code = (
+        "import os, sys\n"
+        "seen = []\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'numpy' and not seen:\n"
+        "            seen.append(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "import autotune\n"
+        "print(seen[0])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(T.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [T.ENVIRONMENT_DEFAULTS["OPENBLAS_THREAD_TIMEOUT"]]
 
 
 # --------------------------------------------------------------------------------------------
