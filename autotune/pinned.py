@@ -154,7 +154,7 @@ def kernel_counts(fn: Any) -> Counter[str]:
 
 #: The project's op -> the PyTensor op whose kernel it computes in its place (a late Numba
 #: rewrite chooses it by memory layout, not by kernel).
-SAME_KERNEL = {"LowerCholesky": "Cholesky"}
+SAME_KERNEL = {"LowerCholesky": "Cholesky", "DenseSolve": "Solve"}
 
 
 def program_kernel_counts(program: Any) -> Counter[str]:

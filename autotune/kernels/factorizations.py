@@ -70,6 +70,8 @@ def _lower_cho_solve(step: Any, args: list[Any], env: Mapping[str, int], dtype: 
 
 
 def _lower_solve(step: Any, args: list[Any], env: Mapping[str, int], dtype: str) -> Any:
+    from . import solve_ops  # noqa: F401  (registers the late rewrite to DenseSolve)
+
     return _linalg().solve(args[0], args[1], assume_a=step.attr("assume_a", "gen"), b_ndim=2)
 
 
