@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -295,6 +296,9 @@ class TunedFunction:
         self.shapes = {n: self.problem.shape_of(n, self.dims) for n in self.input_names}
         self._lock = threading.Lock()
         self._facts = {n: self.problem.declared(n) for n in self.input_names}
+        #: the call time the property checks' budget is a share of: the plan's stored median
+        #: until calls here run faster (then the fastest call seen: see ``__call__``)
+        self._call_basis: float | None = None
         self._setup_call()
 
     def __repr__(self) -> str:
@@ -390,6 +394,12 @@ class TunedFunction:
             self._read_triangles = {}
         self._windows = self._property_windows(plan)
         self._cursors = dict.fromkeys(self._windows, 0)
+        # a call this much faster than the budget's basis sizes the budget again (only the
+        # property checks are cut to a budget: without any, nothing to watch)
+        budgeted = self.check_properties is True and (
+            bool(self._bands) or any(sym or lo or up for sym, lo, up, _ in plan.values()))
+        self._resize_below = 0.8 * (self._call_basis or self._stored_median()) \
+            if budgeted else 0.0
         for n, (sym, lower, upper, unread) in plan.items():
             # a whole symmetry check proves every element finite; a window does not
             covered = bool(self.check_properties) and sym and n not in self._windows
@@ -435,6 +445,18 @@ class TunedFunction:
             return None
         return band
 
+    def _stored_median(self) -> float:
+        try:
+            return float(self.plan.median)
+        except (KeyError, TypeError, ValueError):
+            return 0.0
+
+    def _rebudget(self, seconds: float) -> None:
+        """Calls here run faster than the call time the checks' budget was sized for (a plan
+        tuned on a slower machine, or under other settings): size it for this call."""
+        self._call_basis = seconds
+        self._setup_call()
+
     def _property_windows(self, plan: Mapping[str, tuple[bool, bool, bool, bool]]
                           ) -> dict[str, int]:
         """The inputs whose properties each call checks in a window of rows, and its height.
@@ -453,9 +475,10 @@ class TunedFunction:
         if self.check_properties is not True:
             return {}
         try:
-            budget = max(CHECK_FLOOR_S, CHECK_SHARE * float(self.plan.median))
+            basis = self._call_basis or float(self.plan.median)
         except (KeyError, TypeError, ValueError):
             return {}
+        budget = max(CHECK_FLOOR_S, CHECK_SHARE * basis)
         item = np.dtype(self.dtype).itemsize
         try:
             env = self.program.concrete_sizes(self.dims)
@@ -748,7 +771,11 @@ class TunedFunction:
             values = self._unaliased(values)
         try:
             with self._lock:
+                start = time.perf_counter()
                 out = self._run(values)
+                took = time.perf_counter() - start
+                if took < self._resize_below:
+                    self._rebudget(took)
         except Exception as exc:
             # e.g. a factorization that refuses a matrix: blame an input if one is to blame
             if self.check_finite or self.check_properties:
