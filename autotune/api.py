@@ -393,7 +393,9 @@ class TunedFunction:
         except Exception:  # noqa: BLE001 - cannot tell: scan whole
             self._read_triangles = {}
         self._windows = self._property_windows(plan)
-        self._cursors = dict.fromkeys(self._windows, 0)
+        # the windows go on from where they were (a new budget does not restart them)
+        before = self.__dict__.get("_cursors", {})
+        self._cursors = {n: before.get(n, 0) for n in self._windows}
         # a call this much faster than the budget's basis sizes the budget again (only the
         # property checks are cut to a budget: without any, nothing to watch)
         budgeted = self.check_properties is True and (
