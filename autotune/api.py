@@ -62,6 +62,8 @@ CHECK_FLOOR_S = 20e-6
 CHECK_BYTES_PER_S = 8e9
 #: The fewest rows a window of property checks has.
 MIN_WINDOW = 1
+#: The slowest read rate the checks' budget is ever taken at (``TunedFunction._steer``).
+MIN_CHECK_RATE = 1e8
 
 
 class Outputs(tuple):
@@ -299,6 +301,10 @@ class TunedFunction:
         #: the call time the property checks' budget is a share of: the plan's stored median
         #: until calls here run faster (then the fastest call seen: see ``__call__``)
         self._call_basis: float | None = None
+        #: the rate the budget is taken to read at: CHECK_BYTES_PER_S until the checks here
+        #: are measured slower (see ``_steer``), and calls over budget in a row
+        self._check_rate = CHECK_BYTES_PER_S
+        self._over_budget = 0
         self._setup_call()
 
     def __repr__(self) -> str:
@@ -481,6 +487,7 @@ class TunedFunction:
         except (KeyError, TypeError, ValueError):
             return {}
         budget = max(CHECK_FLOOR_S, CHECK_SHARE * basis)
+        rate = self._check_rate
         item = np.dtype(self.dtype).itemsize
         try:
             env = self.program.concrete_sizes(self.dims)
@@ -498,7 +505,7 @@ class TunedFunction:
             if per_row:
                 rows_bytes[n] = per_row * item
         whole = sum(b * self.shapes[n][0] for n, b in rows_bytes.items())
-        left = budget * CHECK_BYTES_PER_S - fixed
+        left = budget * rate - fixed
         if whole <= left:
             return {}
         share = max(left, 0.0) / max(len(rows_bytes), 1)
@@ -768,6 +775,7 @@ class TunedFunction:
             return self._fn(*values)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Outputs:
+        begin = time.perf_counter()
         values = self._bind(args, kwargs)
         if self.overwrites:
             values = self._unaliased(values)
@@ -786,7 +794,32 @@ class TunedFunction:
         out = [o if o.__class__ is np.ndarray else np.asarray(o) for o in out]
         if self.check_finite and not self._outputs_finite(out):
             self._diagnose(values)
+        if self._resize_below:  # the property checks are budgeted: keep them to it
+            self._steer(time.perf_counter() - begin - took, took)
         return Outputs(self.output_names, out)
+
+    def _steer(self, checks_s: float, call_s: float) -> None:
+        """Keep the checks to their budget as measured here. Three calls in a row whose
+        checks (binding, property windows, the outputs' scan) cost over 1.25x the budget
+        take the read rate down in proportion and size the windows again; once every
+        window is at its fewest rows, what is left (the outputs' scan) is not cut."""
+        budget = max(CHECK_FLOOR_S, CHECK_SHARE * call_s)
+        if checks_s <= 1.25 * budget:
+            self._over_budget = 0
+            return
+        self._over_budget += 1
+        if self._over_budget < 3:
+            return
+        self._over_budget = 0
+        if self._windows and all(h <= MIN_WINDOW for h in self._windows.values()):
+            return
+        if self._check_rate <= MIN_CHECK_RATE:
+            return
+        with self._lock:
+            self._check_rate = max(MIN_CHECK_RATE,
+                                   self._check_rate * max(0.25, budget / checks_s))
+            self._call_basis = min(call_s, self._call_basis or call_s)
+            self._setup_call()
 
     @property
     def function(self) -> Any:

@@ -227,10 +227,12 @@ def test_switching_the_checks_after_loading(plan_path, inst):
         f(**args)
 
 
-def test_the_happy_path_scans_no_input(fn, inst, monkeypatch):
+def test_the_happy_path_scans_no_input(plan_path, inst, monkeypatch):
     """No input is scanned for NaN before the call (the outputs are checked after it, and
     inputs searched only when one is not finite); the symmetric inputs get one symmetry
-    pass, which proves them finite too."""
+    pass, which proves them finite too (on a freshly loaded plan: calls made here may cut
+    the checks to windows, see test_the_property_checks_budget_follows_the_calls_made_here)."""
+    fn = load_plan(plan_path)
     from autotune import checks
 
     finite, symmetric = [], []
@@ -257,8 +259,8 @@ def test_the_property_checks_budget_follows_the_calls_made_here(plan_path, inst,
     from autotune import api
 
     fn = load_plan(plan_path)
-    monkeypatch.setattr(api, "CHECK_BYTES_PER_S", 1e6)  # reading is slow: windows needed
     monkeypatch.setattr(api, "CHECK_FLOOR_S", 0.0)
+    fn._check_rate = 1e6  # reading is slow: windows needed
     fn._rebudget(100.0)  # as if the plan had been measured at 100 s a call
     assert fn._windows == {} and fn._resize_below == pytest.approx(80.0)
     ref = evaluate_reference(fn.problem, inst, fn.dims)
