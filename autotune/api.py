@@ -230,7 +230,6 @@ class TunedFunction:
         from .memory import check_heap_policy, set_heap_policy
         from .targets import (
             check_available,
-            compile_function,
             default_target,
             machine_fingerprint,
             parse_target,
@@ -279,16 +278,7 @@ class TunedFunction:
                             f"lowered to PyTensor ({self.dtype}): {_describe(exc)}; "
                             f"{retune_hint(c)}") from exc
         donated = _check_donate(donate, self.problem)
-        if donated:
-            import pytensor
-
-            inputs = [pytensor.In(v, mutable=True) if name in donated else v
-                      for name, v in zip(self.problem.inputs, inputs, strict=True)]
-        try:
-            self._fn = compile_function(target, inputs, outputs)
-        except Exception as exc:  # noqa: BLE001
-            raise PlanError(f"{where}: field 'target': the computation cannot be compiled for "
-                            f"{target.name}: {_describe(exc)}") from exc
+        self._fn = _compiled(target, inputs, outputs, donated, list(self.problem.inputs), where)
         self.input_names = list(self.problem.inputs)
         self.output_names = list(self.problem.outputs)
         #: the donated inputs the compiled plan writes over (``load_plan(donate=...)``)
@@ -398,16 +388,7 @@ class TunedFunction:
             self._read_triangles = checks.triangle_scans(self.program, unguarded)
         except Exception:  # noqa: BLE001 - cannot tell: scan whole
             self._read_triangles = {}
-        self._windows = self._property_windows(plan)
-        # the windows go on from where they were (a new budget does not restart them)
-        before = self.__dict__.get("_cursors", {})
-        self._cursors = {n: before.get(n, 0) for n in self._windows}
-        # a call this much faster than the budget's basis sizes the budget again (only the
-        # property checks are cut to a budget: without any, nothing to watch)
-        budgeted = self.check_properties is True and (
-            bool(self._bands) or any(sym or lo or up for sym, lo, up, _ in plan.values()))
-        self._resize_below = 0.8 * (self._call_basis or self._stored_median()) \
-            if budgeted else 0.0
+        self._set_windows(plan)
         for n, (sym, lower, upper, unread) in plan.items():
             # a whole symmetry check proves every element finite; a window does not
             covered = bool(self.check_properties) and sym and n not in self._windows
@@ -424,6 +405,19 @@ class TunedFunction:
         if self.check_properties and any(p[1] or p[2] for p in plan.values()):
             kinds.append("triangular")
         checks.warm(self.dtype, kinds)
+
+    def _set_windows(self, plan: Mapping[str, tuple[bool, bool, bool, bool]]) -> None:
+        """The property checks' windows under the budget, and when to size them again."""
+        self._windows = self._property_windows(plan)
+        # the windows go on from where they were (a new budget does not restart them)
+        before = self.__dict__.get("_cursors", {})
+        self._cursors = {n: before.get(n, 0) for n in self._windows}
+        # a call this much faster than the budget's basis sizes the budget again (only the
+        # property checks are cut to a budget: without any, nothing to watch)
+        budgeted = self.check_properties is True and (
+            bool(self._bands) or any(sym or lo or up for sym, lo, up, _ in plan.values()))
+        self._resize_below = 0.8 * (self._call_basis or self._stored_median()) \
+            if budgeted else 0.0
 
     def _set_partial_scans(self, plan: Mapping[str, tuple[bool, bool, bool, bool]]) -> None:
         """The inputs whose finiteness scan reads only the part the plan reads, the rest being
@@ -856,6 +850,23 @@ def load_plan(path: str | Path, check_finite: bool = True,
     inputs the compiled plan does write over (a donated input no kernel can use is left as it
     was). An output may share a donated input's memory."""
     return TunedFunction(read_plan(path), check_finite, check_properties, heap, donate)
+
+
+def _compiled(target: Any, inputs: list[Any], outputs: list[Any], donated: set[str],
+              names: list[str], where: str) -> Any:
+    """The plan's graph compiled for ``target``, the donated inputs mutable."""
+    from .targets import compile_function
+
+    if donated:
+        import pytensor
+
+        inputs = [pytensor.In(v, mutable=True) if name in donated else v
+                  for name, v in zip(names, inputs, strict=True)]
+    try:
+        return compile_function(target, inputs, outputs)
+    except Exception as exc:  # noqa: BLE001
+        raise PlanError(f"{where}: field 'target': the computation cannot be compiled for "
+                        f"{target.name}: {_describe(exc)}") from exc
 
 
 def _check_donate(donate: Sequence[str], problem: Any) -> set[str]:
