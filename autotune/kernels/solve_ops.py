@@ -87,28 +87,35 @@ def _numba_xgetrf(dtype: str):
     return xgetrf
 
 
+@numba_basic.numba_njit
+def _operands(a, b):
+    """``(n, out, fac)``: the sizes checked, ``out`` a C-ordered copy of ``b`` (solved in
+    place) and ``fac`` one of ``a`` (factored in place)."""
+    n = a.shape[0]
+    if a.shape[1] != n or b.shape[0] != n:
+        raise ValueError("DenseSolve: `a` must be square and fit `b`")
+    if n > _INT32_MAX:
+        raise ValueError("DenseSolve: dimension too large for 32-bit LAPACK")
+    out = np.empty(b.shape, dtype=b.dtype)
+    out[:] = b
+    fac = np.empty((n, n), dtype=a.dtype)
+    fac[:] = a
+    return n, out, fac
+
+
 @register_funcify_default_op_cache_key(DenseSolve)
 def numba_funcify_DenseSolve(op, node, **kwargs):
     dtype = node.outputs[0].type.dtype
     if dtype not in _FLOAT_DTYPES:  # pragma: no cover - make_node refuses it
         raise TypeError(f"DenseSolve: unsupported dtype {dtype}")
-    int32_max = _INT32_MAX
     if op.assume_a == "gen":
         xgetrf = _numba_xgetrf(dtype)
 
         @numba_basic.numba_njit
         def dense_solve_gen(a, b):
-            n = a.shape[0]
-            if a.shape[1] != n or b.shape[0] != n:
-                raise ValueError("DenseSolve: `a` must be square and fit `b`")
-            if n > int32_max:
-                raise ValueError("DenseSolve: dimension too large for 32-bit LAPACK")
-            out = np.empty(b.shape, dtype=b.dtype)
-            out[:] = b
+            n, out, fac = _operands(a, b)
             if n == 0:
                 return out
-            fac = np.empty((n, n), dtype=a.dtype)
-            fac[:] = a
             piv = np.empty(n, dtype=np.int32)
             n_ptr = _val_to_ptr(np.int32(n))
             info = _val_to_ptr(np.int32(0))
@@ -126,23 +133,15 @@ def numba_funcify_DenseSolve(op, node, **kwargs):
                         out[p, j] = t
             return out
 
-        return dense_solve_gen, 1
+        return dense_solve_gen, 2
 
     xpotrf = _numba_xpotr("potrf", dtype)
 
     @numba_basic.numba_njit
     def dense_solve_pos(a, b):
-        n = a.shape[0]
-        if a.shape[1] != n or b.shape[0] != n:
-            raise ValueError("DenseSolve: `a` must be square and fit `b`")
-        if n > int32_max:
-            raise ValueError("DenseSolve: dimension too large for 32-bit LAPACK")
-        out = np.empty(b.shape, dtype=b.dtype)
-        out[:] = b
+        n, out, fac = _operands(a, b)
         if n == 0:
             return out
-        fac = np.empty((n, n), dtype=a.dtype)
-        fac[:] = a
         n_ptr = _val_to_ptr(np.int32(n))
         info = _val_to_ptr(np.int32(0))
         # 'L' to LAPACK is the upper triangle here: A = R^T R, R upper in `fac`
@@ -154,7 +153,7 @@ def numba_funcify_DenseSolve(op, node, **kwargs):
         _trsm_inplace(fac, out, False, False, True)   # R^-1
         return out
 
-    return dense_solve_pos, 1
+    return dense_solve_pos, 2
 
 
 @node_rewriter([Solve])
