@@ -51,6 +51,28 @@ def like_b_node(op, a, b):
     return Apply(op, [a, b], [pt.tensor(dtype=b.type.dtype, shape=b.type.shape)])
 
 
+def solve_of_matrices(node) -> bool:
+    """Whether a PyTensor solve ``node`` (``Solve``, ``SolveTriangular``) has a matrix
+    right-hand side and one float dtype throughout: what the late rewrites to the project's
+    copy-free solves (``DenseSolve``, ``TriangularSolve``) take."""
+    a, b = node.inputs
+    out = node.outputs[0]
+    return (node.op.b_ndim == 2 and a.type.ndim == 2 and b.type.ndim == 2
+            and a.type.dtype == b.type.dtype == out.type.dtype
+            and out.type.dtype in _FLOAT_DTYPES)
+
+
+def replacing(out, new):
+    """``[new]`` in place of ``out`` when its type is the same (its stack trace kept), else
+    None: the end of a late rewrite."""
+    from pytensor.graph.rewriting.basic import copy_stack_trace
+
+    if new.type != out.type:
+        return None
+    copy_stack_trace(out, new)
+    return [new]
+
+
 def mirror_lower_to_upper(x: np.ndarray, block: int = _NUMPY_MIRROR_BLOCK) -> np.ndarray:
     """Copy the strict lower triangle of the square array ``x`` onto its upper one, in place.
 

@@ -28,13 +28,22 @@ import numpy as np
 from pytensor.compile.mode import optdb
 from pytensor.gradient import grad_not_implemented
 from pytensor.graph.op import Op
-from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
+from pytensor.graph.rewriting.basic import in2out, node_rewriter
 from pytensor.link.numba.cache import _call_cached_ptr
 from pytensor.link.numba.dispatch import basic as numba_basic
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 from pytensor.tensor.linalg.solvers.general import Solve
 
-from .blas import _FLOAT_DTYPES, _INT32_MAX, _blas_routine, _ptr_to_val, _val_to_ptr, like_b_node
+from .blas import (
+    _FLOAT_DTYPES,
+    _INT32_MAX,
+    _blas_routine,
+    _ptr_to_val,
+    _val_to_ptr,
+    like_b_node,
+    replacing,
+    solve_of_matrices,
+)
 from .factorization_ops import _numba_xpotr
 from .triangular_ops import _trsm_inplace
 
@@ -161,19 +170,11 @@ def local_solve_to_dense_solve(fgraph, node):
     """``Solve`` of a matrix right-hand side (``gen``, or ``pos`` reading the upper triangle)
     -> :class:`DenseSolve` (Numba)."""
     op = node.op
-    a, b = node.inputs
-    out = node.outputs[0]
-    if op.b_ndim != 2 or a.type.ndim != 2 or b.type.ndim != 2 or op.assume_a not in ASSUME:
+    if not solve_of_matrices(node) or op.assume_a not in ASSUME:
         return None
     if op.assume_a == "pos" and op.lower:
         return None
-    if not (a.type.dtype == b.type.dtype == out.type.dtype and out.type.dtype in _FLOAT_DTYPES):
-        return None
-    new = DenseSolve(op.assume_a)(a, b)
-    if new.type != out.type:
-        return None
-    copy_stack_trace(out, new)
-    return [new]
+    return replacing(node.outputs[0], DenseSolve(op.assume_a)(*node.inputs))
 
 
 optdb.register(

@@ -42,7 +42,7 @@ from pytensor.compile.mode import optdb
 from pytensor.gradient import grad_not_implemented
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
-from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
+from pytensor.graph.rewriting.basic import in2out, node_rewriter
 from pytensor.link.numba.cache import _call_cached_ptr
 from pytensor.link.numba.dispatch import basic as numba_basic
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
@@ -58,6 +58,8 @@ from .blas import (
     _numba_gemm_operand,
     _val_to_ptr,
     like_b_node,
+    replacing,
+    solve_of_matrices,
 )
 from .inplace import Overwrites
 
@@ -467,12 +469,9 @@ def _numba_trsm_in_place(lower: bool, unit: bool, left: bool):
 @node_rewriter([SolveTriangular])
 def local_solve_triangular_to_trsm(fgraph, node):
     """``SolveTriangular`` of a matrix right-hand side -> :class:`TriangularSolve` (Numba)."""
+    if not solve_of_matrices(node):
+        return None
     a, b = node.inputs
-    out = node.outputs[0]
-    if node.op.b_ndim != 2 or a.type.ndim != 2 or b.type.ndim != 2:
-        return None
-    if not (a.type.dtype == b.type.dtype == out.type.dtype and out.type.dtype in _FLOAT_DTYPES):
-        return None
     lower, unit = node.op.lower, node.op.unit_diagonal
     # PyTensor's in-place pass has already decided whether b is free to write over
     inplace = bool(getattr(node.op, "destroy_map", None))
@@ -484,10 +483,7 @@ def local_solve_triangular_to_trsm(fgraph, node):
                               inplace=inplace)(a.T, b.owner.inputs[0]).T
     else:
         new = TriangularSolve(lower=lower, unit_diagonal=unit, inplace=inplace)(a, b)
-    if new.type != out.type:
-        return None
-    copy_stack_trace(out, new)
-    return [new]
+    return replacing(node.outputs[0], new)
 
 
 optdb.register(
