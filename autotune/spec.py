@@ -953,7 +953,13 @@ def _parse_formulas(problem: Problem) -> dict[str, sp.Basic]:
 
 
 def _embedded_dir() -> Path:
-    return Path(str(resources.files("autotune.search_spaces")))
+    """The shipped problems: the installed package data, or, when autotune
+    is imported from a source checkout that was not installed, the
+    checkout's own ``search_spaces/``."""
+    try:
+        return Path(str(resources.files("autotune.search_spaces")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "search_spaces"
 
 
 def _search_dirs() -> list[Path]:

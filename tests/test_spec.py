@@ -26,6 +26,24 @@ def test_shipped_problems_are_found():
     assert {"kalman", "gls", "mmse", "tikhonov", "enkf"} <= set(SHIPPED)
 
 
+def test_shipped_problems_found_from_an_uninstalled_checkout(tmp_path, monkeypatch):
+    """``python -m benchmarks.corpus`` in a fresh clone imports autotune from the checkout,
+    where ``autotune.search_spaces`` (a package only once installed) does not exist: the
+    checkout's ``search_spaces/`` is found instead, from any working directory."""
+    from importlib import resources
+
+    import autotune.spec as spec
+
+    def not_installed(package):
+        raise ModuleNotFoundError(f"No module named {package!r}")
+
+    monkeypatch.setattr(resources, "files", not_installed)
+    monkeypatch.chdir(tmp_path)  # no search_spaces/ here
+    assert spec._embedded_dir().name == "search_spaces"
+    assert set(problem_names()) == set(SHIPPED)
+    assert load_problem("kalman").name == "kalman"
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_problem_parses(name):
     p = load_problem(name)
