@@ -62,6 +62,11 @@ CHECK_FLOOR_S = 20e-6
 CHECK_BYTES_PER_S = 8e9
 #: The fewest rows a window of property checks has.
 MIN_WINDOW = 1
+#: The fewest rows of a block of a windowed symmetry check (see ``checks.symmetry_block``).
+MIN_BLOCK = 8
+#: What a block's symmetry check costs beyond its elements, per row of the block: the
+#: cache lines where its row pieces start and its diagonal elements.
+BLOCK_ROW_BYTES = 256
 #: The slowest read rate the checks' budget is ever taken at (``TunedFunction._steer``).
 MIN_CHECK_RATE = 1e8
 
@@ -391,7 +396,7 @@ class TunedFunction:
         self._set_windows(plan)
         for n, (sym, lower, upper, unread) in plan.items():
             # a whole symmetry check proves every element finite; a window does not
-            covered = bool(self.check_properties) and sym and n not in self._windows
+            covered = bool(self.check_properties) and sym and n not in self._blocks
             plan[n] = (sym, lower, upper, self.check_finite and unread and not covered)
         self._input_checks = plan
         self._set_partial_scans(plan)
@@ -408,10 +413,12 @@ class TunedFunction:
 
     def _set_windows(self, plan: Mapping[str, tuple[bool, bool, bool, bool]]) -> None:
         """The property checks' windows under the budget, and when to size them again."""
-        self._windows = self._property_windows(plan)
+        self._windows, self._blocks = self._property_windows(plan)
         # the windows go on from where they were (a new budget does not restart them)
         before = self.__dict__.get("_cursors", {})
         self._cursors = {n: before.get(n, 0) for n in self._windows}
+        before = self.__dict__.get("_block_cursors", {})
+        self._block_cursors = {n: before.get(n, 0) for n in self._blocks}
         # a call this much faster than the budget's basis sizes the budget again (only the
         # property checks are cut to a budget: without any, nothing to watch)
         budgeted = self.check_properties is True and (
@@ -460,55 +467,66 @@ class TunedFunction:
         self._setup_call()
 
     def _property_windows(self, plan: Mapping[str, tuple[bool, bool, bool, bool]]
-                          ) -> dict[str, int]:
-        """The inputs whose properties each call checks in a window of rows, and its height.
+                          ) -> tuple[dict[str, int], dict[str, int]]:
+        """The inputs whose properties each call checks in a window, and its size: ``(rows
+        of a zero triangle's or a band's window, rows of a symmetry check's blocks)``.
 
         The checks' budget is :data:`CHECK_SHARE` of the plan's measured median call, or
         :data:`CHECK_FLOOR_S`, whichever is larger (the goal of the call checks). The outputs'
         finiteness and the finiteness scans of inputs no output vouches for come first and
         are never cut; when the property checks (symmetry: the whole matrix; a zero
         triangle: half of it), read at :data:`CHECK_BYTES_PER_S`, do not fit in what is
-        left, each input's properties are checked on a window of rows (and, for symmetry,
-        the same columns) that does, at least :data:`MIN_WINDOW` rows: the window moves on
-        by its height at every call, so consecutive calls cover the whole matrix, and a
-        property broken across the matrix (an asymmetric matrix, a full one passed as
-        triangular) is caught on the first call. ``check_properties="full"`` checks every
-        element on every call."""
+        left, each input's properties are checked on a window that does, shared equally:
+        a zero triangle or a band on a window of at least :data:`MIN_WINDOW` rows, symmetry
+        on one pair of blocks of at least :data:`MIN_BLOCK` rows (``checks.block_pair``: a
+        window of whole rows would also read its columns, one cache line per row of the
+        matrix). Each window moves on at every call, so consecutive calls cover the whole
+        matrix, and a property broken across the matrix (an asymmetric matrix, a full one
+        passed as triangular) is caught on the first call. ``check_properties="full"``
+        checks every element on every call."""
         if self.check_properties is not True:
-            return {}
+            return {}, {}
         try:
             basis = self._call_basis or float(self.plan.median)
         except (KeyError, TypeError, ValueError):
-            return {}
+            return {}, {}
         budget = max(CHECK_FLOOR_S, CHECK_SHARE * basis)
-        rate = self._check_rate
         item = np.dtype(self.dtype).itemsize
         try:
             env = self.program.concrete_sizes(self.dims)
             fixed = sum(math.prod(self.program.shape(i, env))
                         for i in self.program.outputs.values()) * item
         except Exception:  # noqa: BLE001 - cannot tell: no windows
-            return {}
+            return {}, {}
         fixed += sum(self._scan_size(n, lo and up) * item
                      for n, (sym, lo, up, unread) in plan.items() if unread)
-        rows_bytes: dict[str, int] = {}  # what one row of each input's property checks reads
+        rows_bytes: dict[str, int] = {}  # what one row of a zero triangle or band reads
+        symmetric: list[str] = []
         for n, (sym, lower, upper, _) in plan.items():
             cols = self.shapes[n][1]
-            per_row = ((2 * cols if sym else 0) + (lower + upper) * cols // 2
-                       + (cols if n in self._bands else 0))
+            per_row = (lower + upper) * cols // 2 + (cols if n in self._bands else 0)
             if per_row:
                 rows_bytes[n] = per_row * item
-        whole = sum(b * self.shapes[n][0] for n, b in rows_bytes.items())
-        left = budget * rate - fixed
+            if sym:
+                symmetric.append(n)
+        whole = (sum(b * self.shapes[n][0] for n, b in rows_bytes.items())
+                 + sum(2 * self.shapes[n][0] * self.shapes[n][1] * item for n in symmetric))
+        left = budget * self._check_rate - fixed
         if whole <= left:
-            return {}
-        share = max(left, 0.0) / max(len(rows_bytes), 1)
-        windows = {}
+            return {}, {}
+        share = max(left, 0.0) / max(len(rows_bytes) + len(symmetric), 1)
+        windows: dict[str, int] = {}
         for n, b in rows_bytes.items():
             rows = max(MIN_WINDOW, int(share // b))
             if rows < self.shapes[n][0]:
                 windows[n] = rows
-        return windows
+        blocks: dict[str, int] = {}
+        for n in symmetric:  # 2 b^2 elements and BLOCK_ROW_BYTES a row within the share
+            r = BLOCK_ROW_BYTES / (4 * item)
+            size = max(MIN_BLOCK, int(math.sqrt(r * r + share / (2 * item)) - r))
+            if size < self.shapes[n][0]:
+                blocks[n] = size
+        return windows, blocks
 
     def _scan_size(self, name: str, diagonal: bool) -> int:
         """Elements a finiteness scan of ``name`` reads when its structure is checked as a
@@ -525,8 +543,19 @@ class TunedFunction:
             return rows * (rows + 1) // 2
         return rows * cols
 
+    def _block(self, name: str) -> tuple[int, int, int, int] | None:
+        """This call's pair of blocks of ``name``'s symmetry check (None: all), moving on."""
+        size = self._blocks.get(name)
+        if size is None:
+            return None
+        n = self.shapes[name][0]
+        k = self._block_cursors[name] % self._checks.block_pairs(n, size)
+        self._block_cursors[name] = k + 1
+        return self._checks.block_pair(n, size, k)
+
     def _window(self, name: str) -> tuple[int, int] | None:
-        """This call's rows of ``name``'s property checks (None: all), moving the window on."""
+        """This call's rows of ``name``'s zero triangle or band checks (None: all), moving
+        the window on."""
         height = self._windows.get(name)
         if height is None:
             return None
@@ -643,16 +672,17 @@ class TunedFunction:
         from the factorization's own failure (:meth:`_diagnose`)."""
         sym, lower, upper, _ = self._input_checks[name]
         checks = self._checks
-        rows = self._window(name)
         if sym:
+            block = self._block(name)
             verdict = (checks.symmetry(arr, self._eps, self._check_threads,
-                                       stop_at_nonfinite=self._check_finite) if rows is None
-                       else checks.symmetry_window(arr, self._eps, *rows))
+                                       stop_at_nonfinite=self._check_finite) if block is None
+                       else checks.symmetry_block(arr, self._eps, *block))
             if self._check_finite and not verdict.finite:
                 raise InputError(_not_finite(name))
             if not verdict.symmetric:
                 raise InputError(f"input {name}: the plan relies on it being symmetric, but it "
                                  "is not")
+        rows = self._window(name)
         for flag, zero_upper, what in ((lower, True, "lower"), (upper, False, "upper")):
             if flag and not checks.triangle_is_zero(arr, zero_upper, self._check_threads, rows):
                 if self.check_finite and not checks.all_finite(arr):
@@ -805,7 +835,9 @@ class TunedFunction:
         if self._over_budget < 3:
             return
         self._over_budget = 0
-        if self._windows and all(h <= MIN_WINDOW for h in self._windows.values()):
+        if (self._windows or self._blocks) \
+                and all(h <= MIN_WINDOW for h in self._windows.values()) \
+                and all(b <= MIN_BLOCK for b in self._blocks.values()):
             return
         if self._check_rate <= MIN_CHECK_RATE:
             return
@@ -838,10 +870,12 @@ def load_plan(path: str | Path, check_finite: bool = True,
 
     ``check_properties``: ``True`` checks the properties the plan relies on (symmetry, zero
     triangles) within the call checks' budget, 2% of the plan's median call: where reading
-    every element would cost more, each call checks a window of rows that moves on at every
-    call (consecutive calls cover the matrix; a property broken across the matrix is caught
-    on the first call). ``"full"`` checks every element on every call; ``False`` none. The
-    outputs' finiteness (``check_finite``) is always checked in full.
+    every element would cost more, each call checks a window that moves on at every call (a
+    zero triangle or band: some rows; symmetry: a pair of blocks of rows and columns, which
+    reads no more than its elements at any size) so that consecutive calls cover the
+    matrix; a property broken across the matrix is caught on the first call. ``"full"``
+    checks every element on every call; ``False`` none. The outputs' finiteness
+    (``check_finite``) is always checked in full.
 
     ``donate``: inputs the plan may write over, as ``jax.jit(donate_argnums=...)`` or
     SciPy's ``overwrite_b``: after a call their contents are unspecified. A kernel that

@@ -57,7 +57,9 @@ __all__ = [
     "Symmetry",
     "all_finite",
     "symmetry",
-    "symmetry_window",
+    "block_pair",
+    "block_pairs",
+    "symmetry_block",
     "triangle_is_zero",
     "unguarded_inputs",
     "warm",
@@ -338,21 +340,97 @@ def _band_finite(a, lower, upper):  # pragma: no cover - compiled
     return True
 
 
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _sym_block_pass(a, i0, i1, j0, j1, zero):  # pragma: no cover - compiled
+    """:func:`_sym_pass` over the pairs ``(a_ij, a_ji)``, ``i`` in ``i0 .. i1``, ``j`` in ``j0
+    .. j1``, ``j < i`` (``j0 <= i0``), and the diagonal elements of both ranges: ``(largest
+    sum of squared differences over one micro-tile or edge chunk, total sum, largest finite
+    |a_ii|, sum(a_ii * 0))``. As in :func:`_sym_pass_tiled`, one element per cache line of
+    both blocks is touched first, row by row (independent loads the processor overlaps)."""
+    tmax = zero
+    total = zero
+    touched = zero
+    for i in range(i0, i1):
+        seg = a[i, j0:j1]
+        for c in range(0, seg.shape[0], 8):
+            touched += seg[c]
+    for j in range(j0, j1):
+        seg = a[j, i0:i1]
+        for c in range(0, seg.shape[0], 8):
+            touched += seg[c]
+    i = i0
+    while i + _MR <= i1:
+        inner = min(j1, i)  # every row of the micro-tile pairs with these columns
+        for j in range(j0, inner):
+            t = zero
+            for r in range(_MR):
+                d = a[i + r, j] - a[j, i + r]
+                t += d * d
+            total += t
+            if t > tmax:
+                tmax = t
+        for r in range(1, _MR):  # where the blocks meet: row i + r's columns i .. i + r
+            t = zero
+            for j in range(max(j0, inner), min(j1, i + r)):
+                d = a[i + r, j] - a[j, i + r]
+                t += d * d
+            total += t
+            if t > tmax:
+                tmax = t
+        i += _MR
+    for k in range(i, i1):  # rows left over, in chunks
+        end = min(j1, k)
+        for c0 in range(j0, end, _CHUNK):
+            t = zero
+            for j in range(c0, min(c0 + _CHUNK, end)):
+                d = a[k, j] - a[j, k]
+                t += d * d
+            total += t
+            if t > tmax:
+                tmax = t
+    total += touched * zero  # keeps the touches (a NaN there is in the pairs too)
+    dmax = 0.0
+    dacc = zero
+    for lo, hi in ((i0, i1), (j0, j1)):
+        for k in range(lo, hi):
+            x = a[k, k]
+            dacc += x * zero
+            ax = abs(np.float64(x))
+            if ax > dmax and ax < np.inf:
+                dmax = ax
+    return tmax, total, dmax, dacc
+
+
 @njit(cache=True, nogil=True)
-def _sym_window(a, r0, r1):  # pragma: no cover - compiled
-    """:func:`_sym_exact` over the pairs of rows ``r0 .. r1`` and columns ``r0 .. r1`` of a
-    square array (and its whole diagonal, for ``max |a|``), in one pass: the column block
-    ``a[j, r0:r1]`` of each row ``j`` is contiguous, the rows ``a[r0:r1, j]`` stay in cache."""
-    n = a.shape[0]
+def _diagonal_range_max(a, r0, r1, maxabs, nonfinite):  # pragma: no cover - compiled
+    """:func:`_diagonal_max` over ``a_ii``, ``i`` in ``r0 .. r1``, folded into ``(maxabs,
+    nonfinite)``."""
+    for i in range(r0, r1):
+        x = np.float64(a[i, i])
+        if math.isfinite(x):
+            if abs(x) > maxabs:
+                maxabs = abs(x)
+        else:
+            nonfinite = True
+    return maxabs, nonfinite
+
+
+@njit(cache=True, nogil=True)
+def _sym_block(a, i0, i1, j0, j1):  # pragma: no cover - compiled
+    """:func:`_sym_exact` over the pairs ``(a_ij, a_ji)``, ``i`` in ``i0 .. i1`` and ``j`` in
+    ``j0 .. j1`` (``j < i`` where the ranges meet), and the diagonal elements of both ranges
+    (for ``max |a|``): ``2 (i1 - i0) (j1 - j0)`` elements in as many rows' contiguous pieces,
+    whatever ``n`` (a window of whole rows and columns would touch one cache line per row of
+    the matrix)."""
     maxdiff = 0.0
     onesided = False
-    maxabs, nonfinite = _diagonal_max(a)
-    for j in range(n):
-        for i in range(r0, r1):
-            if i != j:
-                maxdiff, maxabs, bad, onesided = _pair(
-                    np.float64(a[i, j]), np.float64(a[j, i]), maxdiff, maxabs, onesided)
-                nonfinite = nonfinite or bad
+    maxabs, nonfinite = _diagonal_range_max(a, i0, i1, 0.0, False)
+    maxabs, nonfinite = _diagonal_range_max(a, j0, j1, maxabs, nonfinite)
+    for i in range(i0, i1):
+        for j in range(j0, min(j1, i)):
+            maxdiff, maxabs, bad, onesided = _pair(
+                np.float64(a[i, j]), np.float64(a[j, i]), maxdiff, maxabs, onesided)
+            nonfinite = nonfinite or bad
     return maxdiff, maxabs, nonfinite, onesided
 
 
@@ -519,18 +597,48 @@ def symmetry(a: np.ndarray, eps: float, threads: int = 1,
     return Symmetry(not nonfinite, not onesided and maxdiff <= tol, True)
 
 
-def symmetry_window(a: np.ndarray, eps: float, r0: int, r1: int) -> Symmetry:
-    """:func:`symmetry` over the pairs in rows ``r0 .. r1`` (and the same columns) only: the
-    rule with ``max |a|`` over the elements read and the diagonal. Read: ``2 (r1 - r0) n``
-    elements and the diagonal; a rotating window of rows covers the matrix over calls
-    (:meth:`autotune.api.TunedFunction` with a property budget). For an F-ordered array the
-    window is one of its transpose's rows (the same pairs)."""
+def block_pairs(n: int, size: int) -> int:
+    """How many block pairs :func:`block_pair` numbers for an ``n x n`` matrix in blocks of
+    ``size`` rows: a rotation over that many calls reads every pair once."""
+    m = -(-n // max(1, size))
+    return m * (m + 1) // 2
+
+
+def block_pair(n: int, size: int, k: int) -> tuple[int, int, int, int]:
+    """The ``k``-th (modulo :func:`block_pairs`) pair of blocks ``(I, J)``, ``J <= I``, of an
+    ``n x n`` matrix cut in blocks of ``size`` rows, as the rows ``(i0, i1)`` of ``I`` and
+    ``(j0, j1)`` of ``J``: block rows in order, each from its first block to the diagonal."""
+    size = max(1, size)
+    k %= block_pairs(n, size)
+    bi = (math.isqrt(8 * k + 1) - 1) // 2
+    bj = k - bi * (bi + 1) // 2
+    return bi * size, min(n, (bi + 1) * size), bj * size, min(n, (bj + 1) * size)
+
+
+def symmetry_block(a: np.ndarray, eps: float, i0: int, i1: int, j0: int, j1: int
+                   ) -> Symmetry:
+    """:func:`symmetry` over the pairs ``(a_ij, a_ji)`` with ``i`` in ``i0 .. i1`` and ``j``
+    in ``j0 .. j1`` only (``j < i`` where the ranges meet): the rule with ``max |a|`` over the
+    elements read and the diagonal elements of both ranges, so that a pair is judged against
+    ``a_ii`` and ``a_jj``, what its rounding scales with in a covariance. A rotation over the
+    :func:`block_pair` blocks covers the matrix over calls (:class:`autotune.api.
+    TunedFunction` with a property budget); a block reads ``2 (i1 - i0) (j1 - j0)`` elements
+    in contiguous pieces, at any ``n``. For an F-ordered array the pairs are read through its
+    transpose (the same pairs)."""
     n = a.shape[0]
-    if n == 0 or r0 >= r1:
+    i0, i1, j0, j1 = max(0, i0), min(n, i1), max(0, j0), min(n, j1)
+    if n == 0 or i0 >= i1 or j0 >= j1:
         return _SYMMETRIC
     if not a.flags.c_contiguous and a.flags.f_contiguous:
         a = a.T
-    maxdiff, maxabs, nonfinite, onesided = _sym_window(a, max(0, r0), min(n, r1))
+    if j0 > i0:  # the pairs are the same either way round; the kernels want j <= i
+        i0, i1, j0, j1 = j0, j1, i0, i1
+    tmax, total, diag_max, diag_acc = _sym_block_pass(a, i0, i1, j0, j1, a.dtype.type(0))
+    if math.isfinite(total) and diag_acc == 0:  # as in symmetry: the bound may decide
+        bound = 50.0 * eps * n * max(1.0, diag_max)
+        if tmax <= bound * bound:
+            return _SYMMETRIC
+    maxdiff, maxabs, nonfinite, onesided = _sym_block(a, i0, i1, j0, j1)
     tol = 100.0 * eps * max(1.0, maxabs) * n
     return Symmetry(not nonfinite, not onesided and maxdiff <= tol, True)
 
@@ -594,7 +702,8 @@ def warm(dtype: str | np.dtype, kinds: Iterable[str] = ("finite", "symmetric", "
                     _sym_pass(arr, 0, n, zero)
                     _sym_pass_tiled(arr, 0, n, zero)
                     _sym_exact(arr, False)
-                    _sym_window(arr, 0, n)
+                    _sym_block(arr, 0, n, 0, n)
+                    _sym_block_pass(arr, 0, n, 0, n, zero)
                 elif kind == "triangular":
                     _strict_triangle_abs(arr, True, 0, n, zero)
                 elif kind == "triangle_finite":

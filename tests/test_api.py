@@ -256,22 +256,22 @@ def test_the_happy_path_scans_no_input(plan_path, inst, monkeypatch):
 def test_the_property_checks_budget_follows_the_calls_made_here(plan_path, inst, monkeypatch):
     """The budget is a share of the call time: the stored median until calls here run
     faster (a plan tuned on a slower machine), then the fastest call seen."""
-    from autotune import api
+    from autotune import api, checks
 
     fn = load_plan(plan_path)
     monkeypatch.setattr(api, "CHECK_FLOOR_S", 0.0)
     fn._check_rate = 1e6  # reading is slow: windows needed
     fn._rebudget(100.0)  # as if the plan had been measured at 100 s a call
-    assert fn._windows == {} and fn._resize_below == pytest.approx(80.0)
+    assert fn._windows == fn._blocks == {} and fn._resize_below == pytest.approx(80.0)
     ref = evaluate_reference(fn.problem, inst, fn.dims)
     out = fn(**inst)  # a real call is far faster: the budget shrinks to it
     assert fn._call_basis is not None and fn._call_basis < 1.0
-    assert fn._windows and all(h >= 1 for h in fn._windows.values())
+    assert fn._blocks and all(b >= api.MIN_BLOCK for b in fn._blocks.values())
     assert fn._resize_below == pytest.approx(0.8 * fn._call_basis)
     assert relative_error(out["newSigma"], ref.outputs["newSigma"]) < 1e-12
     # windows move on at every call: an asymmetry anywhere is found within a few calls
     bad = {k: np.array(v) for k, v in inst.items()}
     bad["Sigma"][-1, 0] += 1.0
     with pytest.raises(InputError, match="Sigma: the plan relies on it being symmetric"):
-        for _ in range(len(bad["Sigma"]) + 1):
+        for _ in range(4 * checks.block_pairs(len(bad["Sigma"]), api.MIN_BLOCK)):
             fn(**bad)

@@ -193,14 +193,21 @@ def test_symmetry_matches_brute_force(a, by_tiles):
         assert stopped.symmetric == symmetric
 
 
-def _window_brute(a: np.ndarray, eps: float, r0: int, r1: int) -> tuple[bool, bool]:
-    """(finite, symmetric) of the pairs in rows and columns r0 .. r1 (and the diagonal), by
-    the rule of checks.symmetry with max |a| over what the window reads, in NumPy."""
+def _block_brute(a: np.ndarray, eps: float, i0: int, i1: int, j0: int, j1: int
+                 ) -> tuple[bool, bool]:
+    """(finite, symmetric) of the pairs (a_ij, a_ji), i in i0 .. i1, j in j0 .. j1, j < i
+    (ranges taken the other way round when j0 > i0), and the diagonal of both ranges, by
+    the rule of checks.symmetry with max |a| over what the block reads, in NumPy."""
     a = np.asarray(a, dtype=np.float64)
     n = a.shape[0]
-    seen = np.zeros((n, n), bool)
-    seen[r0:r1, :] = seen[:, r0:r1] = True
-    seen[np.arange(n), np.arange(n)] = True
+    if j0 > i0:
+        i0, i1, j0, j1 = j0, j1, i0, i1
+    pairs = np.zeros((n, n), bool)
+    pairs[i0:i1, j0:j1] = True
+    pairs &= np.tril(np.ones((n, n), bool), -1)
+    seen = pairs | pairs.T
+    for lo, hi in ((i0, i1), (j0, j1)):
+        seen[np.arange(lo, hi), np.arange(lo, hi)] = True
     fin = np.isfinite(a)
     finite = bool(fin[seen].all())
     maxabs = float(np.abs(np.where(fin & seen, a, 0)).max(initial=0))
@@ -208,27 +215,46 @@ def _window_brute(a: np.ndarray, eps: float, r0: int, r1: int) -> tuple[bool, bo
     maxdiff = float(np.abs(np.where(both, a - np.where(both, a.T, 0), 0)).max(initial=0))
     at = a.T
     agree = (a == at) | (np.isnan(a) & np.isnan(at))
-    onesided = bool((seen & ~(fin & fin.T) & ~agree).any())
+    onesided = bool((seen & ~(fin & fin.T) & ~agree & ~np.eye(n, dtype=bool)).any())
     return finite, (not onesided) and maxdiff <= 100 * eps * max(1.0, maxabs) * n
 
 
 @settings(max_examples=200, deadline=None)
 @given(a=square(max_n=40), data=st.data())
-def test_a_window_of_the_symmetry_check_matches_brute_force(a, data):
-    """Rows and columns r0 .. r1 only: what they hold decides, nothing else; the whole
-    window is the whole check."""
+def test_a_block_of_the_symmetry_check_matches_brute_force(a, data):
+    """The pairs of a block of rows against a block of columns only: what they hold (and
+    the two blocks' diagonal elements) decides, nothing else; the whole matrix as one
+    block is the whole check."""
     n = a.shape[0]
-    r0 = data.draw(st.integers(0, n - 1))
-    r1 = data.draw(st.integers(r0 + 1, n))
+    i0 = data.draw(st.integers(0, n - 1))
+    i1 = data.draw(st.integers(i0 + 1, n))
+    j0 = data.draw(st.integers(0, n - 1))
+    j1 = data.draw(st.integers(j0 + 1, n))
     eps = EPS[a.dtype.name]
     c = np.ascontiguousarray(a)
-    verdict = checks.symmetry_window(a, eps, r0, r1)
+    verdict = checks.symmetry_block(a, eps, i0, i1, j0, j1)
     if a.flags.c_contiguous or not a.flags.f_contiguous:
-        assert (verdict.finite, verdict.symmetric) == _window_brute(c, eps, r0, r1)
-    else:  # an F-ordered array: the window is its transpose's rows (the same pairs)
-        assert (verdict.finite, verdict.symmetric) == _window_brute(c.T, eps, r0, r1)
-    whole = checks.symmetry_window(a, eps, 0, n)
+        assert (verdict.finite, verdict.symmetric) == _block_brute(c, eps, i0, i1, j0, j1)
+    else:  # an F-ordered array: the pairs are read through its transpose (the same pairs)
+        assert (verdict.finite, verdict.symmetric) == _block_brute(c.T, eps, i0, i1, j0, j1)
+    whole = checks.symmetry_block(a, eps, 0, n, 0, n)
     assert (whole.finite, whole.symmetric) == _brute_symmetry(a, eps)
+
+
+@pytest.mark.parametrize(("n", "size"), [(1, 1), (7, 3), (40, 8), (41, 8), (100, 100)])
+def test_the_block_pairs_cover_every_pair_once(n, size):
+    """A rotation over ``block_pairs`` calls reads every pair (i, j < i) exactly once, and
+    the next call starts the rotation again."""
+    count = np.zeros((n, n), int)
+    total = checks.block_pairs(n, size)
+    for k in range(total):
+        i0, i1, j0, j1 = checks.block_pair(n, size, k)
+        assert i1 - i0 <= size and j1 - j0 <= size and j0 <= i0
+        block = np.zeros((n, n), int)
+        block[i0:i1, j0:j1] = 1
+        count += np.tril(block, -1)
+    assert (count == np.tril(np.ones((n, n), int), -1)).all()
+    assert checks.block_pair(n, size, total) == checks.block_pair(n, size, 0)
 
 
 def test_a_window_of_rows_of_a_zero_triangle():
@@ -697,18 +723,22 @@ def _windowed_kalman(folder, n: int = 100, **kw):
 
 def test_property_checks_over_budget_move_a_window_over_the_matrix(folder):
     """Where reading every element would exceed the budget (2% of the median call), each
-    call checks the properties on a window of rows that moves on: an asymmetry confined to
-    one pair is caught within ceil(n / height) calls, not before the window reaches it."""
+    call checks symmetry on one pair of blocks that moves on: an asymmetry confined to one
+    pair is caught when the rotation reaches its block pair, not before, and within one
+    rotation (``checks.block_pairs`` calls)."""
     fn, x = _windowed_kalman(folder)
-    assert set(fn._windows) == {"Sigma", "R"}
-    height = fn._windows["Sigma"]
-    assert api.MIN_WINDOW <= height < 100
+    assert set(fn._blocks) == {"Sigma", "R"} and fn._windows == {}
+    size = fn._blocks["Sigma"]
+    n = fn.shapes["Sigma"][0]
+    assert api.MIN_BLOCK <= size < n
+    total = checks.block_pairs(n, size)
+    at = next(k for k in range(total)  # the call whose block pair holds the pair (70, 60)
+              if _holds(checks.block_pair(n, size, k), 70, 60))
     bad = dict(x)
     bad["Sigma"] = x["Sigma"].copy()
-    bad["Sigma"][70, 60] += 1.0  # the pair (70, 60): rows 60 and 70
-    first = 60 // height  # the call whose window first holds row 60 (or 70)
-    for _ in range(first):
-        fn(**bad)  # windows before row 60: the asymmetry is not read
+    bad["Sigma"][70, 60] += 1.0
+    for _ in range(at):
+        fn(**bad)  # block pairs before it: the asymmetry is not read
     with pytest.raises(InputError, match="Sigma: the plan relies on it being symmetric"):
         fn(**bad)
     # a matrix asymmetric all over is caught on the first call, wherever the window is
@@ -719,9 +749,14 @@ def test_property_checks_over_budget_move_a_window_over_the_matrix(folder):
         fn2(**worse)
 
 
+def _holds(block: tuple[int, int, int, int], i: int, j: int) -> bool:
+    i0, i1, j0, j1 = block
+    return (i0 <= i < i1 and j0 <= j < j1) or (i0 <= j < i1 and j0 <= i < j1)
+
+
 def test_full_property_checks_read_everything_on_every_call(folder):
     fn, x = _windowed_kalman(folder, check_properties="full")
-    assert fn._windows == {}
+    assert fn._windows == {} and fn._blocks == {}
     bad = dict(x)
     bad["Sigma"] = x["Sigma"].copy()
     bad["Sigma"][70, 60] += 1.0
@@ -736,7 +771,7 @@ def test_a_windowed_symmetric_input_is_scanned_for_nan_where_no_output_vouches(f
     output vouches for (R is factorized) is then scanned for NaN in full, and a NaN anywhere
     in it is named on the first call."""
     fn, x = _windowed_kalman(folder)
-    assert "R" in fn._windows and fn._input_checks["R"][3]
+    assert "R" in fn._blocks and fn._input_checks["R"][3]
     bad = dict(x)
     bad["R"] = x["R"].copy()
     bad["R"][40, 45] = bad["R"][45, 40] = np.inf
@@ -910,8 +945,8 @@ def test_a_symmetric_input_read_in_one_triangle_is_scanned_there_only(folder):
     the other triangle is an asymmetry, caught when the window passes it."""
     fn = shipped(folder, "kalman", {"n": 400})
     assert checks.triangle_scans(fn.program, {"R"}) == {"R": True}
-    fn._windows["R"] = 16  # as a budget too small for R would leave it
-    fn._cursors["R"] = 0
+    fn._blocks["R"] = 16  # as a budget too small for R would leave it
+    fn._block_cursors["R"] = 0
     fn._input_checks["R"] = (True, False, False, True)
     fn._triangle_scans = {"R": True}
     x = _instance(fn)
@@ -920,11 +955,12 @@ def test_a_symmetric_input_read_in_one_triangle_is_scanned_there_only(folder):
     with pytest.raises(InputError, match=_nan_message("R")):
         fn(**bad)
     bad = dict(x, R=x["R"].copy())
-    bad["R"][3, 150] = np.nan  # upper: not read; rows 0..15 of the window hold row 3
-    fn._cursors["R"] = 0
+    bad["R"][3, 150] = np.nan  # upper: not read; the block pair (rows 144..159, 0..15)
+    fn._block_cursors["R"] = next(k for k in range(checks.block_pairs(400, 16))
+                                  if checks.block_pair(400, 16, k) == (144, 160, 0, 16))
     with pytest.raises(InputError, match="input R"):
         fn(**bad)
-    fn._cursors["R"] = 32  # a window away from row 3 and column 3: not seen on this call
+    fn._block_cursors["R"] = 0  # a block pair away from row 3 and column 150: not seen
     out = fn(**bad)
     assert all(np.isfinite(v).all() for v in out)
 
