@@ -288,8 +288,12 @@ class TunedFunction:
         self.output_names = list(self.problem.outputs)
         #: the donated inputs the compiled plan writes over (``load_plan(donate=...)``)
         self.overwrites = _destroyed_inputs(self._fn, self.input_names) & donated
-        #: per output: True where it is stored as its lower triangle (``store = "lower"``)
-        self._lower_only = [self.problem.stored.get(n) == "lower" for n in self.output_names]
+        #: per output: True where the finiteness check reads its lower triangle only: it is
+        #: stored so (``store = "lower"``), or its upper triangle is an exact mirror of it
+        exact = _exactly_symmetric_outputs(self._fn) if target.spec.mirrors_exactly \
+            else [False] * len(self.output_names)
+        self._lower_only = [self.problem.stored.get(n) == "lower" or mirrored
+                            for n, mirrored in zip(self.output_names, exact, strict=True)]
         self.shapes = {n: self.problem.shape_of(n, self.dims) for n in self.input_names}
         self._lock = threading.Lock()
         self._facts = {n: self.problem.declared(n) for n in self.input_names}
@@ -494,8 +498,9 @@ class TunedFunction:
         item = np.dtype(self.dtype).itemsize
         try:
             env = self.program.concrete_sizes(self.dims)
-            fixed = sum(math.prod(self.program.shape(i, env))
-                        for i in self.program.outputs.values()) * item
+            fixed = sum(math.prod(self.program.shape(i, env)) // (2 if lower_only else 1)
+                        for i, lower_only in zip(self.program.outputs.values(),
+                                                 self._lower_only, strict=True)) * item
         except Exception:  # noqa: BLE001 - cannot tell: no windows
             return {}, {}
         fixed += sum(self._scan_size(n, lo and up) * item
@@ -915,6 +920,26 @@ def _check_donate(donate: Sequence[str], problem: Any) -> set[str]:
             raise InputError(f"donate: {name!r} is not a matrix input of {problem.name}; "
                              f"valid: {choices}")
         out.add(name)
+    return out
+
+
+def _exactly_symmetric_outputs(fn: Any) -> list[bool]:
+    """Per output of the compiled function: whether the op that computes it writes one
+    triangle and mirrors it onto the other (``exactly_symmetric``: SYRK, the symmetric
+    product, the SPD inverse), seen through copies and transposes. Such an output is finite
+    exactly where its lower triangle is (on a backend that runs these ops as BLAS)."""
+    from pytensor.compile.ops import DeepCopyOp
+    from pytensor.tensor.elemwise import DimShuffle
+
+    out = []
+    for v in fn.function.maker.fgraph.outputs:
+        node = v.owner
+        while node is not None and (
+                isinstance(node.op, DeepCopyOp) or (
+                    isinstance(node.op, DimShuffle)
+                    and tuple(node.op.new_order) in ((1, 0), (0, 1)))):
+            node = node.inputs[0].owner
+        out.append(node is not None and bool(getattr(node.op, "exactly_symmetric", False)))
     return out
 
 

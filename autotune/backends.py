@@ -42,6 +42,10 @@ class Backend:
     #: Whether :func:`thread_limit` can enforce a CPU thread count for this backend.
     threads_enforced: bool
     _check: Callable[[str], tuple[bool, str, str]] = field(repr=False, compare=False)
+    #: Whether autotune's symmetric kernels (``SymRankK``, ``SymProduct`` with ``mirror``,
+    #: ``SPDInverse``) run as BLAS/LAPACK on one triangle, mirrored, so that their results
+    #: are exactly symmetric (the JAX and PyTorch forms compute a full product instead).
+    mirrors_exactly: bool = False
 
     def available(self, device: str = "cpu") -> tuple[bool, str]:
         """``(True, "")`` or ``(False, human reason)``; cached per process."""
@@ -147,10 +151,12 @@ def _check_pytorch(device: str) -> tuple[bool, str, str]:
 BACKENDS: dict[str, Backend] = {
     "numba": Backend(
         name="numba", mode="NUMBA", devices=("cpu",), lazy_jit=True, threads_enforced=True,
-        description="PyTensor Numba backend (default)", _check=_check_numba,
+        mirrors_exactly=True, description="PyTensor Numba backend (default)",
+        _check=_check_numba,
     ),
     "c": Backend(
         name="c", mode="CVM", devices=("cpu",), lazy_jit=False, threads_enforced=True,
+        mirrors_exactly=True,
         description="PyTensor C backend (FAST_RUN rewrites, cvm linker, system BLAS)",
         _check=_check_c,
     ),

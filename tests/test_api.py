@@ -235,12 +235,17 @@ def test_the_happy_path_scans_no_input(plan_path, inst, monkeypatch):
     fn = load_plan(plan_path)
     from autotune import checks
 
-    finite, symmetric = [], []
+    finite, symmetric, lower = [], [], []
     real_finite, real_symmetry = checks.all_finite, checks.symmetry
+    real_triangle = checks.triangle_all_finite
 
     def counting_finite(a, threads=1):
         finite.append(a.shape)
         return real_finite(a, threads)
+
+    def counting_triangle(a, is_lower, threads=1):
+        lower.append((a.shape, is_lower))
+        return real_triangle(a, is_lower, threads)
 
     def counting_symmetry(a, *args, **kwargs):
         symmetric.append(a.shape)
@@ -248,8 +253,12 @@ def test_the_happy_path_scans_no_input(plan_path, inst, monkeypatch):
 
     monkeypatch.setattr(checks, "all_finite", counting_finite)
     monkeypatch.setattr(checks, "symmetry", counting_symmetry)
+    monkeypatch.setattr(checks, "triangle_all_finite", counting_triangle)
     fn(**inst)
-    assert finite == [fn.problem.shape_of(o, fn.dims) for o in fn.output_names]
+    # the outputs only: newSigma, an exact mirror of its lower triangle, in that triangle
+    shapes = {o: fn.problem.shape_of(o, fn.dims) for o in fn.output_names}
+    assert fn._lower_only == [False, True]
+    assert finite == [shapes["newmu"]] and lower == [(shapes["newSigma"], True)]
     assert symmetric == [fn.shapes["Sigma"], fn.shapes["R"]]
 
 

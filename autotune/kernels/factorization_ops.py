@@ -83,6 +83,8 @@ class SPDInverse(Op):
     """
 
     __props__ = ()
+    #: one triangle of the inverse (``potri``), mirrored (see ``Backend.mirrors_exactly``)
+    exactly_symmetric = True
 
     def make_node(self, x):
         name = type(self).__name__

@@ -140,6 +140,12 @@ class SymRankK(Op):
         self.has_c = bool(has_c)
         self.mirror = bool(mirror)
 
+    @property
+    def exactly_symmetric(self) -> bool:
+        """Whether the result is exactly symmetric on a backend that runs it as BLAS: one
+        triangle computed, mirrored (``Backend.mirrors_exactly``)."""
+        return self.mirror
+
     def __str__(self) -> str:
         expr = f"{self.alpha!r} * a.T @ a"
         if self.has_c:
@@ -315,6 +321,12 @@ class SymProduct(Op):
         self.has_c = bool(has_c)
         self.blocks = blocks
         self.mirror = bool(mirror)
+
+    @property
+    def exactly_symmetric(self) -> bool:
+        """Whether the result is exactly symmetric on a backend that runs it as BLAS: one
+        triangle computed, mirrored (``Backend.mirrors_exactly``)."""
+        return self.mirror
 
     def __str__(self) -> str:
         expr = f"{self.alpha!r} * a @ b"
