@@ -393,6 +393,7 @@ class TunedFunction:
                 self._bands[n] = band
                 lower = upper = False
             plan[n] = (sym, lower, upper, n in unguarded)
+        self._vouch(plan, unguarded)
         try:
             self._read_triangles = checks.triangle_scans(self.program, unguarded)
         except Exception:  # noqa: BLE001 - cannot tell: scan whole
@@ -415,6 +416,28 @@ class TunedFunction:
             kinds.append("triangular")
         checks.warm(self.dtype, kinds)
 
+    def _vouch(self, plan: dict[str, tuple[bool, bool, bool, bool]], unguarded: set[str]
+               ) -> None:
+        """The unguarded inputs whose elements read reach an output but for a part the
+        property checks cover (:func:`~autotune.checks.vouched_parts`): the other triangle
+        of a symmetric input read in one (the ``c`` of SYRK: no scan), or the diagonal of a
+        triangular solve's matrix (a scan of its diagonal, :attr:`_diagonal_only`)."""
+        self._diagonal_only: set[str] = set()
+        if self.check_properties is False or not unguarded:
+            return
+        try:
+            parts = self._checks.vouched_parts(self.program, self.dims, unguarded)
+        except Exception:  # noqa: BLE001 - cannot tell: scan as before
+            return
+        for n, part in parts.items():
+            sym, lower, upper, _ = plan[n]
+            triangular = lower != upper and n not in self._bands
+            if part == "none" and (sym or triangular):
+                plan[n] = (sym, lower, upper, False)
+                unguarded.discard(n)
+            elif part == "diagonal" and triangular:
+                self._diagonal_only.add(n)
+
     def _set_windows(self, plan: Mapping[str, tuple[bool, bool, bool, bool]]) -> None:
         """The property checks' windows under the budget, and when to size them again."""
         self._windows, self._blocks = self._property_windows(plan)
@@ -436,7 +459,8 @@ class TunedFunction:
         # a diagonal input whose zeros the property checks read: the plan reads only its
         # diagonal (diag_mul, diag_solve), so only the diagonal needs a finiteness pass
         self._diagonal_scans = {n for n, (sym, lower, upper, scan) in plan.items()
-                                if scan and lower and upper and self.check_properties}
+                                if scan and self.check_properties
+                                and (lower and upper or n in self._diagonal_only)}
         # likewise a banded input: only its band (what band_mul and band_solve read)
         self._band_scans = {n for n, (*_, scan) in plan.items()
                             if scan and n in self._bands and self.check_properties}
@@ -503,7 +527,7 @@ class TunedFunction:
                                                  self._lower_only, strict=True)) * item
         except Exception:  # noqa: BLE001 - cannot tell: no windows
             return {}, {}
-        fixed += sum(self._scan_size(n, lo and up) * item
+        fixed += sum(self._scan_size(n, lo and up or n in self._diagonal_only) * item
                      for n, (sym, lo, up, unread) in plan.items() if unread)
         rows_bytes: dict[str, int] = {}  # what one row of a zero triangle or band reads
         symmetric: list[str] = []

@@ -62,6 +62,7 @@ __all__ = [
     "symmetry_block",
     "triangle_is_zero",
     "unguarded_inputs",
+    "vouched_parts",
     "warm",
 ]
 
@@ -764,6 +765,50 @@ def triangle_scans(program: Any, names: Iterable[str]) -> dict[str, bool]:
                     break
         if ok and len(sides) == 1:
             out[name] = sides.pop()
+    return out
+
+
+def vouched_parts(program: Any, dims: Mapping[str, int], names: Iterable[str]
+                  ) -> dict[str, str]:
+    """Of the inputs ``names`` (those :func:`unguarded_inputs` found), the ones whose every
+    element the program reads reaches an output except in a known part, mapped to that
+    part: ``"none"`` (each use, of the input or its transpose, passes every element it
+    reads on, a one-triangle read included: the ``c`` of a symmetric update,
+    ``Kernel.lower_passes``) or ``"diagonal"`` (some use is a triangular solve's matrix,
+    whose diagonal can turn an infinity into 0: ``Kernel.passes_off_diagonal``). What such
+    a use leaves unread (the other triangle of a symmetric or triangular input) is the
+    property checks': with them, the input needs no finiteness scan, or one of its
+    diagonal."""
+    live = program.live_steps()
+    consumers = _consumers(program, live)
+    reach = _reaches_output(program, live, consumers, set(program.outputs.values()))
+    steps = program.steps
+    out: dict[str, str] = {}
+    for name in names:
+        idx = program.inputs.get(name)
+        if idx is None:
+            continue
+        part, todo = "none", [idx]
+        while todo and part:
+            for c, pos in consumers.get(todo.pop(), ()):
+                step = steps[c]
+                if step.op == "transpose":
+                    todo.append(c)
+                    continue
+                kernel = KERNELS.get(step.op)
+                if kernel is None or not reach.get(c, False):
+                    part = ""
+                    break
+                passes = kernel.nan_positions(step)
+                if passes is None or pos in passes or pos in kernel.lower_passes:
+                    continue
+                if pos in kernel.passes_off_diagonal:
+                    part = "diagonal"
+                    continue
+                part = ""
+                break
+        if part:
+            out[name] = part
     return out
 
 

@@ -1031,3 +1031,36 @@ def test_a_mirrored_output_is_checked_in_its_lower_triangle(folder):
     bad["H"][3, 4] = np.nan
     with pytest.raises(InputError, match=_nan_message("H")):
         fn(**bad)
+
+
+def test_a_triangular_solves_matrix_is_scanned_on_its_diagonal_only(folder):
+    """SYGST's L is read only by triangular solves, whose results reach the output C: a NaN
+    or an infinity off the diagonal shows in C, an infinity on the diagonal may turn into 0.
+    So the call scans L's diagonal alone (n elements, not n^2), and its zero triangle is the
+    property checks'; a non-finite L is named wherever it is."""
+    fn = shipped(folder, "sygst", {"n": 40})
+    assert {fn.program.steps[i].op for i in fn.program.live_steps()} >= {"trsolve"}
+    assert fn._input_checks["L"][3] and fn._diagonal_scans == {"L"}
+    x = _instance(fn)
+    fn(**x)
+    for at, bad in (((7, 7), np.inf), ((7, 7), np.nan), ((30, 2), np.inf), ((30, 2), np.nan)):
+        worse = dict(x, L=x["L"].copy())
+        worse["L"][at] = bad
+        with pytest.raises(InputError, match=_nan_message("L")):
+            fn(**worse)
+
+
+def test_the_c_of_a_rank_k_update_needs_no_scan(folder):
+    """The information filter's Y is the c of SYRK (Yn = Y + H.T inv(R) H): its lower
+    triangle passes a NaN on to Yn, the upper is the symmetry check's. No scan of Y before
+    the call, and a NaN anywhere in it is still named."""
+    fn = shipped(folder, "information_filter", {"n": 50, "m": 20})
+    assert "syrk" in {fn.program.steps[i].op for i in fn.program.live_steps()}
+    assert fn._input_checks["Y"][0] and not fn._input_checks["Y"][3]
+    x = _instance(fn)
+    fn(**x)
+    for at in ((30, 4), (4, 30), (9, 9)):
+        worse = dict(x, Y=x["Y"].copy())
+        worse["Y"][at] = np.nan
+        with pytest.raises(InputError, match="input Y"):
+            fn(**worse)

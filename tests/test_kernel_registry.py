@@ -164,7 +164,8 @@ def _nan_cases(field: str):
     """The examples of the kernels whose ``field`` names a position the example has."""
     def applies(k: Kernel, ex: Example) -> bool:
         value = getattr(k, field)
-        return value != () and (field != "lower_read" or min(value) < len(ex.args))
+        return value != () and (field not in ("lower_read", "lower_passes")
+                                or min(value) < len(ex.args))
 
     return [pytest.param(k, j, id=f"{k.name}-{j}") for k in COMPUTING
             for j, ex in enumerate(k.examples) if applies(k, ex)]
@@ -203,6 +204,45 @@ def test_a_nan_in_the_triangle_a_kernel_does_not_read_changes_nothing(kernel, j)
         args = [x.copy() for x in clean]
         args[pos][0, -1] = np.nan
         np.testing.assert_array_equal(np.asarray(fn(*args)), want, err_msg=kernel.name)
+
+
+@pytest.mark.parametrize(("kernel", "j"), _nan_cases("lower_passes"))
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_nan_in_the_triangle_a_kernel_reads_and_passes_reaches_the_result(kernel, j, bad):
+    """``lower_passes``: a NaN or an infinity on the diagonal or below it in such an
+    argument makes the compiled kernel's result non-finite (what lets an input read only
+    there go unscanned: the output shows it)."""
+    ex = kernel.examples[j]
+    step = _step(kernel, ex)
+    clean = _operands(kernel, ex, step, np.random.default_rng(6))
+    fn = _compile(kernel, ex, step, "float64", "NUMBA")
+    assert set(kernel.lower_passes) <= set(kernel.lower_read)
+    for pos in kernel.lower_passes:
+        for at in ((0, 0), (-1, 0)):
+            args = [x.copy() for x in clean]
+            args[pos][at] = bad
+            assert not np.isfinite(np.asarray(fn(*args))).all(), (kernel.name, pos, at)
+
+
+@pytest.mark.parametrize(("kernel", "j"), _nan_cases("passes_off_diagonal"))
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_nan_off_the_diagonal_of_a_triangle_read_reaches_the_result(kernel, j, bad):
+    """``passes_off_diagonal``: a NaN or an infinity in the triangle such an argument is
+    read in, off its diagonal, makes the result non-finite; an infinity on the diagonal may
+    not (a pivot of infinity turns into 0), which is why that diagonal is scanned."""
+    ex = kernel.examples[j]
+    step = _step(kernel, ex)
+    clean = _operands(kernel, ex, step, np.random.default_rng(7))
+    fn = _compile(kernel, ex, step, "float64", "NUMBA")
+    for pos in kernel.passes_off_diagonal:
+        n = ex.args[pos][0]
+        at = (n - 1, 0) if step.attr("lower", True) else (0, n - 1)
+        args = [x.copy() for x in clean]
+        args[pos][at] = bad
+        assert not np.isfinite(np.asarray(fn(*args))).all(), (kernel.name, pos, at)
+    args = [x.copy() for x in clean]
+    args[kernel.passes_off_diagonal[0]][-1, -1] = np.inf
+    assert np.isfinite(np.asarray(fn(*args))).all(), "the diagonal would not need a scan"
 
 
 @pytest.mark.parametrize(

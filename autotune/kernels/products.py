@@ -126,7 +126,8 @@ for _k in (
            reference=_ref_syrk, step_text=_syrk_text,
            examples=(Example(((7, 5),), (5, 5), 5.0 * 5 * 7),
                      Example(((3, 5), (5, 5)), (5, 5), 5.0 * 5 * 3 + 25,
-                             (("alpha", -0.75), ("beta", 1.5)))), passes_nan=(0,), lower_read=(1,)),
+                             (("alpha", -0.75), ("beta", 1.5)))), passes_nan=(0,), lower_read=(1,),
+           lower_passes=(1,)),
     Kernel("symprod",
            "product known to be symmetric alpha*A@B + beta*C: one triangle, mirrored",
            "alpha*A@B + beta*C  (A@B symmetric)", "product", _symprod_cost, _lower_symprod,
@@ -136,6 +137,6 @@ for _k in (
            examples=(Example(((5, 3), (3, 5)), (5, 5), 5.0 * 6 * 3),
                      Example(((7, 3), (3, 7), (7, 7)), (7, 7), 7.0 * 8 * 3 + 49,
                              (("alpha", 2.0), ("beta", -1.0)))),
-           passes_nan=(0, 1), lower_read=(2,)),
+           passes_nan=(0, 1), lower_read=(2,), lower_passes=(2,)),
 ):
     register_kernel(_k)

@@ -113,7 +113,11 @@ class Kernel:
     conservative default; or a function of the step giving either), so that an input only
     such kernels read is vouched for by the output check; ``lower_read``, the argument
     positions of which the kernel reads only the lower triangle (a factorization, the ``c``
-    of a symmetric update)."""
+    of a symmetric update); ``lower_passes``, those of ``lower_read`` whose lower triangle
+    passes a NaN or an infinity on (the ``c`` of a symmetric update: the other triangle is
+    the symmetry checks'); ``passes_off_diagonal``, the positions of a triangular operand
+    whose triangle read passes one on except on its diagonal, where an infinity can turn
+    into 0 (a triangular solve's matrix: only its diagonal needs a scan)."""
 
     def nan_positions(self, step: Any) -> tuple[int, ...] | None:
         """The argument positions of ``step`` whose non-finite elements reach its result
@@ -137,6 +141,8 @@ class Kernel:
     structured: StructuredUse | None = None
     passes_nan: tuple[int, ...] | None | Callable[[Any], tuple[int, ...] | None] = ()
     lower_read: tuple[int, ...] = ()
+    lower_passes: tuple[int, ...] = ()
+    passes_off_diagonal: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.label:

@@ -162,7 +162,8 @@ for _k in (
            reference=_ref_trsolve, step_text=_trsolve_text,
            examples=(Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3, (("lower", True),)),
                      Example(((5, 5), (5, 3)), (5, 3), 5.0 * 5 * 3,
-                             (("lower", False), ("trans", True)))), passes_nan=(1,)),
+                             (("lower", False), ("trans", True)))), passes_nan=(1,),
+           passes_off_diagonal=(0,)),
     Kernel("trmm",
            "triangular matrix product (BLAS TRMM): attrs lower, trans, side ('left': "
            "alpha op(A) B, 'right': alpha B op(A)), alpha",
