@@ -395,7 +395,7 @@ class TunedFunction:
             plan[n] = (sym, lower, upper, n in unguarded)
         self._vouch(plan, unguarded)
         try:
-            self._read_triangles = checks.triangle_scans(self.program, unguarded)
+            self._read_triangles = checks.triangle_scans(self.program, unguarded, self.dims)
         except Exception:  # noqa: BLE001 - cannot tell: scan whole
             self._read_triangles = {}
         self._set_windows(plan)

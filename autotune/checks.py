@@ -734,16 +734,20 @@ def _consumers(program: Any, live: Iterable[int]) -> dict[int, list[tuple[int, i
     return out
 
 
-def triangle_scans(program: Any, names: Iterable[str]) -> dict[str, bool]:
+def triangle_scans(program: Any, names: Iterable[str], dims: Mapping[str, int]
+                   ) -> dict[str, bool]:
     """Of the inputs ``names`` (those :func:`unguarded_inputs` found), the ones the program
-    reads in one triangle only -- every use of the input, or of its transpose, is by an op
-    that reads only the lower triangle in that position (``Kernel.lower_read``) -- mapped
+    reads in one triangle only -- every use of the input, of its transpose, or of an
+    elementwise result of it (``K + s I``), is by an op that reads only the lower triangle
+    in that position (``Kernel.lower_read``), and none is an output -- mapped
     to whether that triangle is the input's lower one. Their finiteness scan reads that
     triangle (half the elements); a NaN in the other changes no output (and breaks the
     symmetry the property checks read)."""
     steps = program.steps
     live = program.live_steps()
     consumers = _consumers(program, live)
+    outputs = set(program.outputs.values())
+    env = program.concrete_sizes(dims)
     out: dict[str, bool] = {}
     for name in names:
         idx = program.inputs.get(name)
@@ -754,10 +758,14 @@ def triangle_scans(program: Any, names: Iterable[str]) -> dict[str, bool]:
         ok = True
         while todo and ok:
             step, lower = todo.pop()
-            for c, pos in consumers.get(step, ()):
+            ok = step not in outputs  # an output is read whole
+            for c, pos in consumers.get(step, ()) if ok else ():
                 op = steps[c].op
                 if op == "transpose":
                     todo.append((c, not lower))
+                elif op in KERNELS and KERNELS[op].family == "elementwise" \
+                        and program.shape(c, env) == program.shape(step, env):
+                    todo.append((c, lower))  # element (i, j) of the result is of (i, j)
                 elif op in KERNELS and pos in KERNELS[op].lower_read:
                     sides.add(lower)
                 else:

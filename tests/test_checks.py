@@ -946,7 +946,7 @@ def test_a_symmetric_input_read_in_one_triangle_is_scanned_there_only(folder):
     budget), the finiteness scan reads that triangle alone; a NaN there is named; a NaN in
     the other triangle is an asymmetry, caught when the window passes it."""
     fn = shipped(folder, "kalman", {"n": 400})
-    assert checks.triangle_scans(fn.program, {"R"}) == {"R": True}
+    assert checks.triangle_scans(fn.program, {"R"}, fn.dims) == {"R": True}
     fn._blocks["R"] = 16  # as a budget too small for R would leave it
     fn._block_cursors["R"] = 0
     fn._input_checks["R"] = (True, False, False, True)
@@ -978,7 +978,21 @@ def test_triangle_scans_follow_transposes_and_refuse_mixed_reads():
              Step("matmul", (3, 4), ("4", "4")))
     prog = Program(steps, {"A": 0, "B": 3}, {"L": 2, "M": 5})
     # A is factorized through its transpose: its upper triangle is read; B is also multiplied
-    assert checks.triangle_scans(prog, {"A", "B"}) == {"A": False}
+    assert checks.triangle_scans(prog, {"A", "B"}, {}) == {"A": False}
+
+
+def test_triangle_scans_follow_elementwise_results():
+    """K + s I factorized reads K's lower triangle only (the GP's K): element (i, j) of an
+    elementwise result is of element (i, j); a sum that is also an output reads K whole."""
+    from autotune.program import Program, Step
+
+    steps = (Step("input", (), ("4", "4"), (("name", "K"),)),
+             Step("eye", (), ("4", "4")),
+             Step("add", (0, 1), ("4", "4")),
+             Step("cholesky", (2,), ("4", "4")))
+    assert checks.triangle_scans(Program(steps, {"K": 0}, {"L": 3}), {"K"}, {}) == {"K": True}
+    both = Program(steps, {"K": 0}, {"L": 3, "S": 2})
+    assert checks.triangle_scans(both, {"K"}, {}) == {}
 
 
 def test_a_negative_power_of_a_diagonal_does_not_vouch_for_it():
