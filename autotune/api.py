@@ -853,11 +853,12 @@ class TunedFunction:
 
     def _steer(self, checks_s: float, call_s: float) -> None:
         """Keep the checks to their budget as measured here. Three calls in a row whose
-        checks (binding, property windows, the outputs' scan) cost over 1.25x the budget
-        take the read rate down in proportion and size the windows again; once every
-        window is at its fewest rows, what is left (the outputs' scan) is not cut."""
+        checks (binding, property windows, the outputs' scan) cost over the budget take
+        the read rate down in proportion, aiming under it (0.8x), and size the windows
+        again; once every window is at its fewest rows, what is left (the outputs' scan)
+        is not cut."""
         budget = max(CHECK_FLOOR_S, CHECK_SHARE * call_s)
-        if checks_s <= 1.25 * budget:
+        if checks_s <= budget:
             self._over_budget = 0
             return
         self._over_budget += 1
@@ -872,7 +873,7 @@ class TunedFunction:
             return
         with self._lock:
             self._check_rate = max(MIN_CHECK_RATE,
-                                   self._check_rate * max(0.25, budget / checks_s))
+                                   self._check_rate * max(0.25, 0.8 * budget / checks_s))
             self._call_basis = min(call_s, self._call_basis or call_s)
             self._setup_call()
 

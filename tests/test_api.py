@@ -262,6 +262,40 @@ def test_the_happy_path_scans_no_input(plan_path, inst, monkeypatch):
     assert symmetric == [fn.shapes["Sigma"], fn.shapes["R"]]
 
 
+def test_checks_over_their_budget_three_calls_in_a_row_read_less(plan_path, monkeypatch):
+    """The read rate the windows are sized at follows the checks measured here: three calls
+    in a row whose checks cost more than the budget take it down (aiming under), the windows
+    shrink; a call within the budget restarts the count; at the fewest rows nothing more
+    is cut."""
+    from autotune import api
+
+    fn = load_plan(plan_path)
+    monkeypatch.setattr(api, "CHECK_FLOOR_S", 0.0)
+    call = 1e-3
+    budget = api.CHECK_SHARE * call
+    fn._check_rate = rate = 1e9  # windows from the start (20 kB a call)
+    fn._rebudget(call)
+    before = dict(fn._blocks)
+    assert before and all(b > api.MIN_BLOCK for b in before.values())
+    fn._steer(2 * budget, call)
+    fn._steer(2 * budget, call)
+    fn._steer(0.5 * budget, call)  # within: the count starts again
+    fn._steer(2 * budget, call)
+    fn._steer(2 * budget, call)
+    assert fn._check_rate == rate
+    fn._steer(2 * budget, call)
+    assert fn._check_rate == pytest.approx(rate * 0.8 / 2)
+    assert all(fn._blocks[n] < before[n] for n in before)
+    for _ in range(60):  # down to the fewest rows (or the slowest rate), then no further
+        fn._steer(100 * budget, call)
+    assert all(b == api.MIN_BLOCK for b in fn._blocks.values()) \
+        or fn._check_rate == api.MIN_CHECK_RATE
+    rate = fn._check_rate
+    for _ in range(3):
+        fn._steer(100 * budget, call)
+    assert fn._check_rate == rate
+
+
 def test_the_property_checks_budget_follows_the_calls_made_here(plan_path, inst, monkeypatch):
     """The budget is a share of the call time: the stored median until calls here run
     faster (a plan tuned on a slower machine), then the fastest call seen."""
