@@ -269,15 +269,31 @@ def measure_case(problem: str, path: Path, source: str, budget: float, max_round
 
 
 def _bytes_read(tf: Any, x: dict[str, Any], out: list[Any]) -> int:
-    """What a call's checks read: each symmetric or scanned input whole, the zero triangle
-    of a triangular one, every output."""
-    total = sum(int(o.nbytes) for o in out)
+    """What one call's checks read: every output (the lower triangle of one stored or
+    mirrored so), each input's finiteness scan (whole, a triangle, a band or the diagonal),
+    its symmetry check (whole, or this call's pair of blocks) and its zero triangles or
+    band (whole, or this call's window of rows)."""
+    total = sum(int(o.nbytes) // (2 if lower_only else 1)
+                for o, lower_only in zip(out, tf._lower_only, strict=True))
     for name, (sym, lower, upper, scan) in tf._input_checks.items():
-        nbytes = int(x[name].nbytes)
-        if scan or (tf.check_properties and sym):
-            total += nbytes
-        elif tf.check_properties and (lower or upper):
-            total += nbytes // 2 * (int(lower) + int(upper))
+        arr = x[name]
+        rows, cols = arr.shape
+        item = arr.itemsize
+        if scan:
+            size = tf._scan_size(name, name in tf._diagonal_scans)
+            if name in tf._triangle_scans:
+                size = rows * (rows + 1) // 2
+            total += size * item
+        if not tf.check_properties:
+            continue
+        if sym:
+            b = tf._blocks.get(name)
+            total += (2 * b * b if b else rows * cols) * item
+        height = tf._windows.get(name, rows)
+        if lower or upper:
+            total += height * (cols // 2) * (int(lower) + int(upper)) * item
+        if name in tf._bands:
+            total += height * cols * item
     return total
 
 
