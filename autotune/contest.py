@@ -62,8 +62,13 @@ def _median(e: Entry) -> float:
 
 def estimate_round(entries: Mapping[str, Entry], fallback: float) -> float:
     """Seconds one round of ``entries`` should take: their medians (``fallback`` for an entry
-    not timed yet)."""
-    return sum(m if math.isfinite(m := _median(e)) else fallback for e in entries.values())
+    not timed yet), twice for a contender timed once a turn (its untimed call first)."""
+    total = 0.0
+    for e in entries.values():
+        m = _median(e)
+        m = m if math.isfinite(m) else fallback
+        total += m * (2 if calls_per_turn(m) == 1 else 1)
+    return total
 
 
 def _contenders(entries: Mapping[str, Entry], samples: Mapping[str, list[float]]) -> list:
@@ -135,9 +140,14 @@ def _one_round(live: dict[str, Entry], entries: dict[str, Entry],
         # the first round warms each contender up (a worker restarted since, or a baseline
         # compiled here for the first time, is warm again after its first, untimed call);
         # a fast contender is called several times in its turn and the turn's median is its
-        # sample, so that one preempted call of a few microseconds decides nothing
+        # sample, so that one preempted call of a few microseconds decides nothing. A
+        # contender timed once a turn gets an untimed call first in every round: its sample
+        # is then a call after its own, as a plan runs in a loop, not after another
+        # contender's (NumPy as written frees 288 MB temporaries in WLS; the call after it
+        # ran 1.7-2x slower there, the flop-optimal plan 100 ms against 66 ms, and lost)
         calls = calls_per_turn(e.measurement.median if e.measurement.samples else math.inf)
-        policy = TimingPolicy(warmup=1 if first else 0, min_repeats=calls, max_repeats=calls)
+        warm = first or calls == 1
+        policy = TimingPolicy(warmup=1 if warm else 0, min_repeats=calls, max_repeats=calls)
         m = measure(job_for(e, policy), timeout() if callable(timeout) else timeout)
         if m.ok:
             samples[k].append(statistics.median(m.samples))
