@@ -468,7 +468,8 @@ class TunedFunction:
         # triangle; a NaN in the other breaks its symmetry, which the property checks read
         # (within their budget: in a window of rows per call, as an asymmetry)
         self._triangle_scans = {n: lo for n, lo in self._read_triangles.items()
-                                if plan[n][3] and plan[n][0] and self.check_properties
+                                if n in plan and plan[n][3] and plan[n][0]
+                                and self.check_properties
                                 and n not in self._band_scans}
 
     def _band_of(self, name: str) -> tuple[int, int] | None:

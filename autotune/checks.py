@@ -124,6 +124,19 @@ def _finite_triangle(a, lower, r0, r1, zero):  # pragma: no cover - compiled
     return acc
 
 
+@njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+def _diagonal_fold(a, r0, r1, dmax, dacc, zero):  # pragma: no cover - compiled
+    """``(largest finite |a_ii|, sum(a_ii * 0))`` over ``i`` in ``r0 .. r1``, folded into
+    ``(dmax, dacc)`` (``dacc`` is 0 exactly when every ``a_ii`` read is finite)."""
+    for i in range(r0, r1):
+        x = a[i, i]
+        dacc += x * zero
+        ax = abs(np.float64(x))
+        if ax > dmax and ax < np.inf:
+            dmax = ax
+    return dmax, dacc
+
+
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _sym_pass(a, r0, r1, zero):  # pragma: no cover - compiled
     """Over the pairs ``(i, j < i)`` of rows ``r0 .. r1`` of a square array: ``(largest sum of
@@ -165,14 +178,7 @@ def _sym_pass(a, r0, r1, zero):  # pragma: no cover - compiled
             total += t
             if t > tmax:
                 tmax = t
-    dmax = 0.0  # the diagonal of rows r0 .. r1: largest finite |a_ii|, sum(a_ii * 0)
-    dacc = zero
-    for i in range(r0, r1):
-        x = a[i, i]
-        dacc += x * zero
-        ax = abs(np.float64(x))
-        if ax > dmax and ax < np.inf:
-            dmax = ax
+    dmax, dacc = _diagonal_fold(a, r0, r1, 0.0, zero, zero)  # the diagonal of rows r0 .. r1
     return tmax, total, dmax, dacc
 
 
@@ -229,23 +235,15 @@ def _sym_pass_tiled(a, r0, r1, zero):  # pragma: no cover - compiled
                 if t > tmax:
                     tmax = t
     total += touched * zero  # keeps the touches (a NaN there is in the pairs too)
-    dmax = 0.0  # the diagonal of rows r0 .. r1: largest finite |a_ii|, sum(a_ii * 0)
-    dacc = zero
-    for i in range(r0, r1):
-        x = a[i, i]
-        dacc += x * zero
-        ax = abs(np.float64(x))
-        if ax > dmax and ax < np.inf:
-            dmax = ax
+    dmax, dacc = _diagonal_fold(a, r0, r1, 0.0, zero, zero)  # the diagonal of rows r0 .. r1
     return tmax, total, dmax, dacc
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _diagonal_max(a):  # pragma: no cover - compiled
-    """``(max finite |a_ii|, any a_ii not finite)``."""
-    maxabs = 0.0
-    nonfinite = False
-    for i in range(a.shape[0]):
+@njit(cache=True, nogil=True)
+def _diagonal_range_max(a, r0, r1, maxabs, nonfinite):  # pragma: no cover - compiled
+    """:func:`_diagonal_max` over ``a_ii``, ``i`` in ``r0 .. r1``, folded into ``(maxabs,
+    nonfinite)``."""
+    for i in range(r0, r1):
         x = np.float64(a[i, i])
         if math.isfinite(x):
             if abs(x) > maxabs:
@@ -253,6 +251,12 @@ def _diagonal_max(a):  # pragma: no cover - compiled
         else:
             nonfinite = True
     return maxabs, nonfinite
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _diagonal_max(a):  # pragma: no cover - compiled
+    """``(max finite |a_ii|, any a_ii not finite)``."""
+    return _diagonal_range_max(a, 0, a.shape[0], 0.0, False)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -390,30 +394,9 @@ def _sym_block_pass(a, i0, i1, j0, j1, zero):  # pragma: no cover - compiled
             if t > tmax:
                 tmax = t
     total += touched * zero  # keeps the touches (a NaN there is in the pairs too)
-    dmax = 0.0
-    dacc = zero
-    for lo, hi in ((i0, i1), (j0, j1)):
-        for k in range(lo, hi):
-            x = a[k, k]
-            dacc += x * zero
-            ax = abs(np.float64(x))
-            if ax > dmax and ax < np.inf:
-                dmax = ax
+    dmax, dacc = _diagonal_fold(a, i0, i1, 0.0, zero, zero)
+    dmax, dacc = _diagonal_fold(a, j0, j1, dmax, dacc, zero)
     return tmax, total, dmax, dacc
-
-
-@njit(cache=True, nogil=True)
-def _diagonal_range_max(a, r0, r1, maxabs, nonfinite):  # pragma: no cover - compiled
-    """:func:`_diagonal_max` over ``a_ii``, ``i`` in ``r0 .. r1``, folded into ``(maxabs,
-    nonfinite)``."""
-    for i in range(r0, r1):
-        x = np.float64(a[i, i])
-        if math.isfinite(x):
-            if abs(x) > maxabs:
-                maxabs = abs(x)
-        else:
-            nonfinite = True
-    return maxabs, nonfinite
 
 
 @njit(cache=True, nogil=True)
@@ -751,8 +734,8 @@ def triangle_scans(program: Any, names: Iterable[str], dims: Mapping[str, int]
     out: dict[str, bool] = {}
     for name in names:
         idx = program.inputs.get(name)
-        if idx is None:
-            continue
+        if idx is None or program.shape(idx, env) in ((1, 1), ()):
+            continue  # a scalar has no triangles
         sides: set[bool] = set()
         todo = [(idx, True)]
         ok = True
